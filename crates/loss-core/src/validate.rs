@@ -1,0 +1,63 @@
+//! Input checks shared by the loss crates; each failure names the tensor, index and value.
+
+use crate::backend::{Backend, DType, ValueCheck};
+use crate::error::{unravel_index, LossError, Result};
+
+/// `got` must have exactly the shape of `expected`; no silent broadcasting.
+pub fn same_shape<B: Backend>(what: &str, expected: &B, got: &B) -> Result<()> {
+    let (e, g) = (expected.shape(), got.shape());
+    if e != g {
+        return Err(LossError::ShapeMismatch { what: what.into(), expected: e, got: g });
+    }
+    Ok(())
+}
+
+/// `got` must live on `reference`'s device.
+pub fn same_device<B: Backend>(what: &str, reference: &B, got: &B) -> Result<()> {
+    let (e, g) = (reference.device_name(), got.device_name());
+    if e != g {
+        return Err(LossError::DeviceMismatch { what: what.into(), expected: e, got: g });
+    }
+    Ok(())
+}
+
+/// Converts a floating input to the type a loss computes in (f64 stays, f32 stays, half types
+/// become f32); integer inputs are [`LossError::UnsupportedDtype`].
+pub fn to_compute_type<B: Backend>(what: &str, t: &B) -> Result<B> {
+    let dtype = t.dtype();
+    match dtype.compute_type() {
+        Some(c) if c == dtype => Ok(t.clone()),
+        Some(c) => t.to_dtype(c),
+        None => Err(LossError::UnsupportedDtype { what: what.into(), dtype: dtype.to_string() }),
+    }
+}
+
+/// Converts `t` (any dtype, integers included: targets may be integer) to `like`'s dtype.
+pub fn to_type_of<B: Backend>(t: &B, like: &B) -> Result<B> {
+    if t.dtype() == like.dtype() {
+        Ok(t.clone())
+    } else {
+        t.to_dtype(like.dtype())
+    }
+}
+
+/// Every element must pass `check`; the error names the first one that does not.
+pub fn values<B: Backend>(what: &str, t: &B, check: ValueCheck, reason: &str) -> Result<()> {
+    if let Some((flat, value)) = t.first_violation(check)? {
+        return Err(LossError::InvalidValue {
+            what: what.into(),
+            index: unravel_index(flat, &t.shape()),
+            value,
+            reason: reason.into(),
+        });
+    }
+    Ok(())
+}
+
+/// The input must be a floating type (the check [`to_compute_type`] makes, without converting).
+pub fn floating<B: Backend>(what: &str, t: &B) -> Result<()> {
+    if t.dtype() == DType::Integer {
+        return Err(LossError::UnsupportedDtype { what: what.into(), dtype: "integer".into() });
+    }
+    Ok(())
+}
