@@ -80,7 +80,13 @@ impl ValueCheck {
 /// The tensor type of a backend and the operations the losses are written in.
 ///
 /// Implemented by the tensor type itself, so loss code reads `x.softplus()?.mul(&w)?`.
-pub trait Backend: Clone + Debug + Sized {
+///
+/// Not `Clone`: libtorch tensors are reference-counted handles, so copying one is
+/// [`Backend::shallow_clone`] (a new handle on the same storage, sharing its autograd history).
+pub trait Backend: Debug + Sized {
+    /// A new handle on the same values (no copy of the data; the autograd graph is shared).
+    fn shallow_clone(&self) -> Self;
+
     // ----- introspection
     /// Dimensions, outermost first.
     fn shape(&self) -> Vec<usize>;

@@ -60,7 +60,7 @@ impl Reduction {
     /// [`LossError::EmptyMean`].
     pub fn apply<B: Backend>(self, loss: &B, avg_factor: Option<f64>) -> Result<B> {
         match self {
-            Reduction::None => Ok(loss.clone()),
+            Reduction::None => Ok(loss.shallow_clone()),
             Reduction::Sum => loss.sum_all(),
             Reduction::Mean => {
                 let denom = match avg_factor {

@@ -127,6 +127,10 @@ fn mask(b: bool) -> f64 {
 }
 
 impl Backend for NdTensor {
+    fn shallow_clone(&self) -> Self {
+        self.clone()
+    }
+
     fn shape(&self) -> Vec<usize> {
         self.data.shape().to_vec()
     }

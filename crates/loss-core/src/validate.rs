@@ -14,9 +14,17 @@ pub fn same_shape<B: Backend>(what: &str, expected: &B, got: &B) -> Result<()> {
 
 /// `got` must live on `reference`'s device.
 pub fn same_device<B: Backend>(what: &str, reference: &B, got: &B) -> Result<()> {
-    let (e, g) = (reference.device_name(), got.device_name());
-    if e != g {
-        return Err(LossError::DeviceMismatch { what: what.into(), expected: e, got: g });
+    check_devices(what, &reference.device_name(), &got.device_name())
+}
+
+/// Device names must agree; the error names both.
+pub fn check_devices(what: &str, expected: &str, got: &str) -> Result<()> {
+    if expected != got {
+        return Err(LossError::DeviceMismatch {
+            what: what.into(),
+            expected: expected.into(),
+            got: got.into(),
+        });
     }
     Ok(())
 }
@@ -26,7 +34,7 @@ pub fn same_device<B: Backend>(what: &str, reference: &B, got: &B) -> Result<()>
 pub fn to_compute_type<B: Backend>(what: &str, t: &B) -> Result<B> {
     let dtype = t.dtype();
     match dtype.compute_type() {
-        Some(c) if c == dtype => Ok(t.clone()),
+        Some(c) if c == dtype => Ok(t.shallow_clone()),
         Some(c) => t.to_dtype(c),
         None => Err(LossError::UnsupportedDtype { what: what.into(), dtype: dtype.to_string() }),
     }
@@ -35,7 +43,7 @@ pub fn to_compute_type<B: Backend>(what: &str, t: &B) -> Result<B> {
 /// Converts `t` (any dtype, integers included: targets may be integer) to `like`'s dtype.
 pub fn to_type_of<B: Backend>(t: &B, like: &B) -> Result<B> {
     if t.dtype() == like.dtype() {
-        Ok(t.clone())
+        Ok(t.shallow_clone())
     } else {
         t.to_dtype(like.dtype())
     }

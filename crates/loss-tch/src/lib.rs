@@ -1,2 +1,27 @@
-//! placeholder
+//! The libtorch backend of the losslab crates: [`loss_core::Backend`] for libtorch tensors
+//! ([`TchTensor`], a handle on a [`tch::Tensor`]), on CPU and CUDA, with autograd flowing
+//! through every operation.
+//!
+//! Every libtorch call goes through tch's fallible `f_*` functions, so a libtorch failure is a
+//! [`LossError::Backend`], never a panic.
+//!
+//! ```
+//! use loss_tch::{Backend, TchTensor};
+//! use tch::{Kind, Tensor};
+//!
+//! let x = TchTensor::from(Tensor::from_slice(&[-1e4f64, 0.0, 1e4]).set_requires_grad(true));
+//! let y = x.softplus()?.sum_all()?;
+//! y.backward();
+//! assert_eq!(y.to_f64()?, 1e4 + std::f64::consts::LN_2);
+//! assert_eq!(x.grad().kind(), Kind::Double);
+//! # Ok::<(), loss_core::LossError>(())
+//! ```
+
 pub use tch;
+
+mod device;
+mod tensor;
+
+pub use device::{resolve_device, to_device_spec};
+pub use tensor::TchTensor;
+pub use loss_core::{Backend, LossError, Result};
