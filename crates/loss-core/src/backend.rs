@@ -101,6 +101,8 @@ pub trait Backend: Debug + Sized {
 
     // ----- construction, on `self`'s device and in `self`'s element type
     /// A tensor of `shape` holding `values` (row-major), made like `self`.
+    // The receiver is the template that supplies device and element type, not the source.
+    #[allow(clippy::wrong_self_convention)]
     fn from_values_like(&self, values: &[f64], shape: &[usize]) -> Result<Self>;
     /// A tensor of `self`'s shape filled with `value`.
     fn full_like(&self, value: f64) -> Result<Self>;
