@@ -77,6 +77,40 @@ impl ValueCheck {
     }
 }
 
+/// Read-only host memory of a tensor: contiguous, row-major, on the CPU.
+#[derive(Debug, Clone, Copy)]
+pub enum HostData<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+impl HostData<'_> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            HostData::F32(v) => v.len(),
+            HostData::F64(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Writable host memory for a gradient, of the element type of the tensor it belongs to.
+#[derive(Debug)]
+pub enum HostDataMut<'a> {
+    F32(&'a mut [f32]),
+    F64(&'a mut [f64]),
+}
+
+/// A fused kernel: reads the inputs it captured and `self`'s values, writes the gradient of the
+/// loss with respect to them into the buffer (every element: its initial contents are
+/// unspecified), and returns the loss value.
+pub type FusedKernel<'k> = dyn FnMut(HostData<'_>, HostDataMut<'_>) -> Result<f64> + 'k;
+
 /// The tensor type of a backend and the operations the losses are written in.
 ///
 /// Implemented by the tensor type itself, so loss code reads `x.softplus()?.mul(&w)?`.
@@ -188,4 +222,22 @@ pub trait Backend: Debug + Sized {
     fn to_vec_f64(&self) -> Result<Vec<f64>>;
     /// The flat row-major index and value of the first element failing `check`, if any.
     fn first_violation(&self, check: ValueCheck) -> Result<Option<(usize, f64)>>;
+
+    // ----- fused kernels (optional: the generic formulas are used when these decline)
+    /// The values without a copy, when they are f32 or f64, contiguous and on the CPU.
+    fn host_data(&self) -> Option<HostData<'_>> {
+        None
+    }
+
+    /// Runs a fused kernel that computes a scalar loss and its gradient with respect to `self`
+    /// in one pass, and returns the loss as a 0-d tensor (in `self`'s element type) whose
+    /// gradient with respect to `self` is the one the kernel wrote, scaled by the incoming
+    /// gradient in backward.
+    ///
+    /// `Ok(None)` when the backend cannot lend host memory for `self` (another device, a
+    /// non-contiguous layout, half precision): callers then use the generic formulas.
+    fn fused_scalar(&self, kernel: &mut FusedKernel<'_>) -> Result<Option<Self>> {
+        let _ = kernel;
+        Ok(None)
+    }
 }

@@ -62,6 +62,10 @@ pub enum MultiLabelPreset {
     RFocalPubmed,
     #[serde(rename = "ntr-focal-pubmed")]
     NtrFocalPubmed,
+    #[serde(rename = "db-nofocal-pubmed")]
+    DbNoFocalPubmed,
+    #[serde(rename = "db-pubmed")]
+    DbPubmed,
 }
 
 /// `[loss.reweight] mode`.
@@ -234,12 +238,7 @@ impl MultiLabelPreset {
     /// The preset as a config table, before user keys are laid over it.
     pub fn config(self) -> MultiLabelConfig {
         use MultiLabelPreset as P;
-        let focal = || {
-            Some(FocalConfig {
-                gamma: Some(2.0),
-                alpha: Some(0.5),
-            })
-        };
+        let focal = || Some(FocalConfig { gamma: Some(2.0), alpha: Some(0.5) });
         let rebalance = |mu: f64| {
             Some(ReweightConfig {
                 mode: Some(ReweightMode::Rebalance),
@@ -258,49 +257,28 @@ impl MultiLabelPreset {
                 ..ReweightConfig::default()
             })
         };
-        let ntr = || {
-            Some(NtrConfig {
-                kappa: Some(0.05),
-                lambda: Some(2.0),
-                ..NtrConfig::default()
-            })
-        };
+        let ntr =
+            || Some(NtrConfig { kappa: Some(0.05), lambda: Some(2.0), ..NtrConfig::default() });
         let base = MultiLabelConfig::default();
         match self {
             P::Bce => base,
-            P::Focal => MultiLabelConfig {
-                focal: focal(),
-                ..base
-            },
+            P::Focal => MultiLabelConfig { focal: focal(), ..base },
             P::Cb | P::CbPubmed => MultiLabelConfig {
                 reweight: cb(),
                 focal: focal(),
                 loss_weight: Some(if self == P::Cb { 10.0 } else { 5.0 }),
                 ..base
             },
-            P::RFocal => MultiLabelConfig {
-                reweight: rebalance(0.9),
-                focal: focal(),
-                ..base
-            },
-            P::RFocalPubmed => MultiLabelConfig {
-                reweight: rebalance(0.05),
-                focal: focal(),
-                ..base
-            },
-            P::NtrFocal => MultiLabelConfig {
-                ntr: ntr(),
-                focal: focal(),
-                ..base
-            },
-            P::NtrFocalPubmed => MultiLabelConfig {
-                ntr: ntr(),
-                focal: focal(),
-                loss_weight: Some(0.5),
-                ..base
-            },
-            P::DbNoFocal => MultiLabelConfig {
-                reweight: rebalance(0.9),
+            P::RFocal => MultiLabelConfig { reweight: rebalance(0.9), focal: focal(), ..base },
+            P::RFocalPubmed => {
+                MultiLabelConfig { reweight: rebalance(0.05), focal: focal(), ..base }
+            }
+            P::NtrFocal => MultiLabelConfig { ntr: ntr(), focal: focal(), ..base },
+            P::NtrFocalPubmed => {
+                MultiLabelConfig { ntr: ntr(), focal: focal(), loss_weight: Some(0.5), ..base }
+            }
+            P::DbNoFocal | P::DbNoFocalPubmed => MultiLabelConfig {
+                reweight: rebalance(if self == P::DbNoFocal { 0.9 } else { 0.05 }),
                 ntr: ntr(),
                 loss_weight: Some(0.5),
                 ..base
@@ -312,8 +290,8 @@ impl MultiLabelPreset {
                 loss_weight: Some(10.0),
                 ..base
             },
-            P::Db => MultiLabelConfig {
-                reweight: rebalance(0.9),
+            P::Db | P::DbPubmed => MultiLabelConfig {
+                reweight: rebalance(if self == P::Db { 0.9 } else { 0.05 }),
                 ntr: ntr(),
                 focal: focal(),
                 ..base
@@ -327,10 +305,7 @@ fn overlay<T: Clone>(user: &Option<T>, preset: &Option<T>) -> Option<T> {
 }
 
 fn key_err(key: &str, reason: impl Into<String>) -> LossError {
-    LossError::InvalidConfig {
-        key: key.into(),
-        reason: reason.into(),
-    }
+    LossError::InvalidConfig { key: key.into(), reason: reason.into() }
 }
 
 fn finite(key: &str, v: f64) -> Result<f64> {
@@ -384,14 +359,9 @@ impl ReweightConfig {
     }
 
     fn resolve(&self) -> Result<Reweight> {
-        let mode = self
-            .mode
-            .ok_or_else(|| key_err("reweight.mode", "is required"))?;
+        let mode = self.mode.ok_or_else(|| key_err("reweight.mode", "is required"))?;
         let unused = |key: &str, v: &Option<f64>| match v {
-            Some(_) => Err(key_err(
-                key,
-                format!("does not apply to reweight mode {mode:?}"),
-            )),
+            Some(_) => Err(key_err(key, format!("does not apply to reweight mode {mode:?}"))),
             None => Ok(()),
         };
         let kind = match mode {
@@ -410,15 +380,9 @@ impl ReweightConfig {
                 unused("reweight.mu", &self.mu)?;
                 let beta = finite("reweight.beta", required("reweight.beta", self.beta)?)?;
                 if !(0.0..1.0).contains(&beta) {
-                    return Err(key_err(
-                        "reweight.beta",
-                        format!("must be in [0, 1), got {beta}"),
-                    ));
+                    return Err(key_err("reweight.beta", format!("must be in [0, 1), got {beta}")));
                 }
-                ReweightKind::ClassBalanced {
-                    beta,
-                    mode: self.cb_mode.unwrap_or_default(),
-                }
+                ReweightKind::ClassBalanced { beta, mode: self.cb_mode.unwrap_or_default() }
             }
             ReweightMode::Rebalance => ReweightKind::Rebalance {
                 alpha: at_least("reweight.alpha", self.alpha.unwrap_or(0.1), 0.0)?,
@@ -427,35 +391,25 @@ impl ReweightConfig {
             },
         };
         if self.cb_mode.is_some() && mode != ReweightMode::ClassBalanced {
-            return Err(key_err(
-                "reweight.cb_mode",
-                "applies only to mode class_balanced",
-            ));
+            return Err(key_err("reweight.cb_mode", "applies only to mode class_balanced"));
         }
-        Ok(Reweight {
-            kind,
-            norm: self.norm.unwrap_or_default(),
-        })
+        Ok(Reweight { kind, norm: self.norm.unwrap_or_default() })
     }
 }
 
 impl MultiLabelConfig {
     /// Applies the preset (if any), lays explicit keys over it and validates everything.
     pub fn resolve(&self) -> Result<MultiLabelParams> {
-        let preset = self
-            .preset
-            .map(MultiLabelPreset::config)
-            .unwrap_or_default();
+        let preset = self.preset.map(MultiLabelPreset::config).unwrap_or_default();
 
         let reweight = match (&self.reweight, &preset.reweight) {
             (Some(u), Some(p)) => Some(u.over(p)),
             (u, p) => overlay(u, p),
         };
         let focal = match (&self.focal, &preset.focal) {
-            (Some(u), Some(p)) => Some(FocalConfig {
-                gamma: u.gamma.or(p.gamma),
-                alpha: u.alpha.or(p.alpha),
-            }),
+            (Some(u), Some(p)) => {
+                Some(FocalConfig { gamma: u.gamma.or(p.gamma), alpha: u.alpha.or(p.alpha) })
+            }
             (u, p) => overlay(u, p),
         };
         let ntr = match (&self.ntr, &preset.ntr) {
@@ -513,15 +467,8 @@ impl MultiLabelConfig {
             (None, Some(_)) => return Err(key_err("class_freq", "is required with train_num")),
         };
         if stats.is_none() && (reweight.is_some() || ntr.is_some()) {
-            let part = if reweight.is_some() {
-                "reweight"
-            } else {
-                "ntr"
-            };
-            return Err(key_err(
-                "class_freq",
-                format!("is required by [loss.{part}]"),
-            ));
+            let part = if reweight.is_some() { "reweight" } else { "ntr" };
+            return Err(key_err("class_freq", format!("is required by [loss.{part}]")));
         }
 
         let pos_weight = overlay(&self.pos_weight, &preset.pos_weight);
@@ -650,10 +597,7 @@ impl DbNetConfig {
         if let Some(r) = downsample_ratio {
             positive("downsample_ratio", r)?;
         }
-        let fallback = self
-            .fallback_negative_num
-            .or(p.fallback_negative_num)
-            .unwrap_or(0);
+        let fallback = self.fallback_negative_num.or(p.fallback_negative_num).unwrap_or(0);
         Ok(DbNetParams {
             prob_loss: self.prob_loss.or(p.prob_loss).unwrap_or(d.prob_loss),
             prob_input: self.prob_input.or(p.prob_input).unwrap_or(d.prob_input),
@@ -661,9 +605,7 @@ impl DbNetConfig {
             beta: at_least("beta", self.beta.or(p.beta).unwrap_or(d.beta), 0.0)?,
             negative_ratio: at_least(
                 "negative_ratio",
-                self.negative_ratio
-                    .or(p.negative_ratio)
-                    .unwrap_or(d.negative_ratio),
+                self.negative_ratio.or(p.negative_ratio).unwrap_or(d.negative_ratio),
                 0.0,
             )?,
             fallback_negative_num: usize::try_from(fallback)
@@ -689,24 +631,12 @@ mod tests {
              train_num = 100\n[loss.focal]\ngamma = 1.0\n",
         )
         .unwrap();
-        let LossConfig::Multilabel(ml) = cfg else {
-            panic!("expected multilabel")
-        };
+        let LossConfig::Multilabel(ml) = cfg else { panic!("expected multilabel") };
         let p = ml.resolve().unwrap();
-        assert_eq!(
-            p.focal,
-            Some(Focal {
-                gamma: 1.0,
-                alpha: 0.5
-            })
-        );
+        assert_eq!(p.focal, Some(Focal { gamma: 1.0, alpha: 0.5 }));
         assert_eq!(
             p.reweight.unwrap().kind,
-            ReweightKind::Rebalance {
-                alpha: 0.1,
-                beta: 10.0,
-                mu: 0.9
-            }
+            ReweightKind::Rebalance { alpha: 0.1, beta: 10.0, mu: 0.9 }
         );
         assert_eq!(p.ntr.unwrap().lambda, 2.0);
     }
@@ -727,10 +657,8 @@ mod tests {
         };
         let err = ml("[loss]\ntype=\"multilabel\"\n[loss.focal]\ngamma=-1.0\n").unwrap_err();
         assert!(matches!(err, LossError::InvalidConfig { ref key, .. } if key == "focal.gamma"));
-        let err = ml(
-            "[loss]\ntype=\"multilabel\"\nclass_freq=[1,2]\ntrain_num=10\n\
-                      [loss.reweight]\nmode=\"class_balanced\"\nbeta=1.0\n",
-        )
+        let err = ml("[loss]\ntype=\"multilabel\"\nclass_freq=[1,2]\ntrain_num=10\n\
+                      [loss.reweight]\nmode=\"class_balanced\"\nbeta=1.0\n")
         .unwrap_err();
         assert!(matches!(err, LossError::InvalidConfig { ref key, .. } if key == "reweight.beta"));
         let err = ml("[loss]\ntype=\"multilabel\"\n[loss.ntr]\nlambda=0.0\n").unwrap_err();
@@ -746,10 +674,7 @@ mod tests {
             panic!("expected dbnet")
         };
         let p = d.resolve().unwrap();
-        assert_eq!(
-            (p.alpha, p.beta, p.prob_loss),
-            (5.0, 10.0, ProbLoss::BalancedBce)
-        );
+        assert_eq!((p.alpha, p.beta, p.prob_loss), (5.0, 10.0, ProbLoss::BalancedBce));
         let LossConfig::Dbnet(d) =
             parse("[loss]\ntype=\"dbnet\"\ndownsample_ratio=-0.5\n").unwrap()
         else {

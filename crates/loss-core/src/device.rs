@@ -74,10 +74,7 @@ mod tests {
         assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
         assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
         for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", ""] {
-            assert!(matches!(
-                bad.parse::<DeviceSpec>(),
-                Err(LossError::InvalidConfig { .. })
-            ));
+            assert!(matches!(bad.parse::<DeviceSpec>(), Err(LossError::InvalidConfig { .. })));
         }
     }
 }

@@ -27,36 +27,19 @@ pub fn unravel_index(mut flat: usize, shape: &[usize]) -> Vec<usize> {
 pub enum LossError {
     /// Two tensors that must have the same shape do not.
     #[error("shape mismatch: {what}: expected {expected:?}, got {got:?}")]
-    ShapeMismatch {
-        what: String,
-        expected: Vec<usize>,
-        got: Vec<usize>,
-    },
+    ShapeMismatch { what: String, expected: Vec<usize>, got: Vec<usize> },
 
     /// A tensor has the wrong number of dimensions or a wrong size in one of them.
     #[error("invalid shape for {what}: {got:?} ({reason})")]
-    InvalidShape {
-        what: String,
-        got: Vec<usize>,
-        reason: String,
-    },
+    InvalidShape { what: String, got: Vec<usize>, reason: String },
 
     /// An element of an input tensor is outside what the loss accepts.
     #[error("invalid value in {what} at index {}: {value} ({reason})", fmt_index(.index))]
-    InvalidValue {
-        what: String,
-        index: Vec<usize>,
-        value: f64,
-        reason: String,
-    },
+    InvalidValue { what: String, index: Vec<usize>, value: f64, reason: String },
 
     /// A per-class statistic is unusable (zero count, count not below `train_num`, ...).
     #[error("invalid class_freq for class {class}: {value} ({reason})")]
-    InvalidClassFreq {
-        class: usize,
-        value: f64,
-        reason: String,
-    },
+    InvalidClassFreq { class: usize, value: f64, reason: String },
 
     /// `class_freq` has a different length than the number of classes.
     #[error("class_freq has {got} entries but the logits have {expected} classes")]
@@ -72,11 +55,7 @@ pub enum LossError {
 
     /// Tensors live on different devices.
     #[error("tensors on different devices: {what} is on {got}, expected {expected}")]
-    DeviceMismatch {
-        what: String,
-        expected: String,
-        got: String,
-    },
+    DeviceMismatch { what: String, expected: String, got: String },
 
     /// A device was asked for that this build of libtorch or this machine does not have.
     #[error("device {requested} is not available: {reason}")]

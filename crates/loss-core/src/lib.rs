@@ -33,7 +33,7 @@ pub mod ndarray_backend;
 pub mod stats;
 pub mod validate;
 
-pub use backend::{Backend, DType, ValueCheck};
+pub use backend::{Backend, DType, FusedKernel, HostData, HostDataMut, ValueCheck};
 pub use config::{DbNetConfig, DbNetParams, LossConfig, MultiLabelConfig, MultiLabelParams};
 pub use device::DeviceSpec;
 pub use error::{LossError, Result};

@@ -18,10 +18,7 @@ pub struct LossOutput<T> {
 impl<T> LossOutput<T> {
     /// An output with no named terms.
     pub fn single(loss: T) -> Self {
-        Self {
-            loss,
-            terms: Vec::new(),
-        }
+        Self { loss, terms: Vec::new() }
     }
 
     /// The term called `name`, if this loss has it.
@@ -75,9 +72,7 @@ impl Reduction {
                         })
                     }
                     None if loss.numel() == 0 => {
-                        return Err(LossError::EmptyMean {
-                            shape: loss.shape(),
-                        })
+                        return Err(LossError::EmptyMean { shape: loss.shape() })
                     }
                     None => loss.numel() as f64,
                 };

@@ -3,7 +3,7 @@
 
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
 
-use crate::backend::{Backend, DType, ValueCheck};
+use crate::backend::{Backend, DType, FusedKernel, HostData, HostDataMut, ValueCheck};
 use crate::error::{LossError, Result};
 
 /// An n-dimensional f64 array with the element type it stands for.
@@ -37,10 +37,7 @@ impl NdTensor {
     }
 
     fn like(&self, data: ArrayD<f64>) -> Self {
-        Self {
-            data,
-            dtype: self.dtype,
-        }
+        Self { data, dtype: self.dtype }
     }
 
     fn map(&self, f: impl Fn(f64) -> f64) -> Result<Self> {
@@ -49,14 +46,8 @@ impl NdTensor {
 
     fn zip(&self, other: &Self, f: impl Fn(f64, f64) -> f64) -> Result<Self> {
         let shape = broadcast_shape(self.data.shape(), other.data.shape())?;
-        let a = self
-            .data
-            .broadcast(IxDyn(&shape))
-            .ok_or_else(|| broadcast_err(self, other))?;
-        let b = other
-            .data
-            .broadcast(IxDyn(&shape))
-            .ok_or_else(|| broadcast_err(self, other))?;
+        let a = self.data.broadcast(IxDyn(&shape)).ok_or_else(|| broadcast_err(self, other))?;
+        let b = other.data.broadcast(IxDyn(&shape)).ok_or_else(|| broadcast_err(self, other))?;
         Ok(self.like(Zip::from(&a).and(&b).map_collect(|&x, &y| f(x, y))))
     }
 
@@ -79,9 +70,7 @@ impl NdTensor {
     ) -> Result<Self> {
         self.check_dim(dim)?;
         if self.data.shape()[dim] == 0 && init.is_infinite() {
-            return Err(LossError::Backend(format!(
-                "max/min over empty dimension {dim}"
-            )));
+            return Err(LossError::Backend(format!("max/min over empty dimension {dim}")));
         }
         let mut out = self.data.fold_axis(Axis(dim), init, |&acc, &x| f(acc, x));
         if keepdim {
@@ -103,16 +92,8 @@ fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
     for i in 0..n {
-        let da = if i + a.len() >= n {
-            a[i + a.len() - n]
-        } else {
-            1
-        };
-        let db = if i + b.len() >= n {
-            b[i + b.len() - n]
-        } else {
-            1
-        };
+        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -183,10 +164,7 @@ impl Backend for NdTensor {
                 dtype: "integer".into(),
             });
         }
-        Ok(Self {
-            data: self.data.clone(),
-            dtype,
-        })
+        Ok(Self { data: self.data.clone(), dtype })
     }
 
     fn detach(&self) -> Self {
@@ -210,23 +188,11 @@ impl Backend for NdTensor {
     }
 
     fn maximum(&self, other: &Self) -> Result<Self> {
-        self.zip(other, |a, b| {
-            if a.is_nan() || b.is_nan() {
-                f64::NAN
-            } else {
-                a.max(b)
-            }
-        })
+        self.zip(other, |a, b| if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) })
     }
 
     fn minimum(&self, other: &Self) -> Result<Self> {
-        self.zip(other, |a, b| {
-            if a.is_nan() || b.is_nan() {
-                f64::NAN
-            } else {
-                a.min(b)
-            }
-        })
+        self.zip(other, |a, b| if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) })
     }
 
     fn select_where(&self, on_true: &Self, on_false: &Self) -> Result<Self> {
@@ -239,22 +205,11 @@ impl Backend for NdTensor {
             .data
             .broadcast(IxDyn(&shape))
             .ok_or_else(|| broadcast_err(self, on_false))?;
-        let b = out
-            .data
-            .broadcast(IxDyn(&shape))
-            .ok_or_else(|| broadcast_err(self, on_false))?;
-        let m = cond
-            .data
-            .broadcast(IxDyn(&shape))
-            .ok_or_else(|| broadcast_err(self, on_false))?;
-        let data = Zip::from(&m)
-            .and(&a)
-            .and(&b)
-            .map_collect(|&m, &t, &f| if m != 0.0 { t } else { f });
-        Ok(Self {
-            data,
-            dtype: on_true.dtype,
-        })
+        let b = out.data.broadcast(IxDyn(&shape)).ok_or_else(|| broadcast_err(self, on_false))?;
+        let m = cond.data.broadcast(IxDyn(&shape)).ok_or_else(|| broadcast_err(self, on_false))?;
+        let data =
+            Zip::from(&m).and(&a).and(&b).map_collect(|&m, &t, &f| if m != 0.0 { t } else { f });
+        Ok(Self { data, dtype: on_true.dtype })
     }
 
     fn add_scalar(&self, value: f64) -> Result<Self> {
@@ -362,9 +317,7 @@ impl Backend for NdTensor {
     fn topk_sum(&self, k: usize) -> Result<Self> {
         let n = self.data.len();
         if k > n {
-            return Err(LossError::Backend(format!(
-                "top-k with k = {k} of {n} elements"
-            )));
+            return Err(LossError::Backend(format!("top-k with k = {k} of {n} elements")));
         }
         let mut v: Vec<f64> = self.data.iter().copied().collect();
         let sum = if k == 0 {
@@ -401,9 +354,7 @@ impl Backend for NdTensor {
                 self.data.shape()
             )));
         }
-        let view = self
-            .data
-            .slice_axis(Axis(dim), ndarray::Slice::from(start..start + len));
+        let view = self.data.slice_axis(Axis(dim), ndarray::Slice::from(start..start + len));
         Ok(self.like(view.to_owned()))
     }
 
@@ -411,9 +362,7 @@ impl Backend for NdTensor {
         self.check_dim(dim)?;
         let len = self.data.shape()[dim];
         if let Some(&bad) = indices.iter().find(|&&i| i >= len) {
-            return Err(LossError::Backend(format!(
-                "index {bad} out of range in dimension {dim}"
-            )));
+            return Err(LossError::Backend(format!("index {bad} out of range in dimension {dim}")));
         }
         Ok(self.like(self.data.select(Axis(dim), indices)))
     }
@@ -430,17 +379,9 @@ impl Backend for NdTensor {
 
     fn to_f64(&self) -> Result<f64> {
         if self.data.len() != 1 {
-            return Err(LossError::NotScalar {
-                shape: self.shape(),
-            });
+            return Err(LossError::NotScalar { shape: self.shape() });
         }
-        self.data
-            .iter()
-            .next()
-            .copied()
-            .ok_or(LossError::NotScalar {
-                shape: self.shape(),
-            })
+        self.data.iter().next().copied().ok_or(LossError::NotScalar { shape: self.shape() })
     }
 
     fn to_vec_f64(&self) -> Result<Vec<f64>> {
@@ -448,12 +389,21 @@ impl Backend for NdTensor {
     }
 
     fn first_violation(&self, check: ValueCheck) -> Result<Option<(usize, f64)>> {
-        Ok(self
-            .data
-            .iter()
-            .copied()
-            .enumerate()
-            .find(|&(_, v)| check.fails(v)))
+        Ok(self.data.iter().copied().enumerate().find(|&(_, v)| check.fails(v)))
+    }
+
+    // Values are held in f64 whatever the declared type, so host data is always f64.
+    fn host_data(&self) -> Option<HostData<'_>> {
+        self.data.as_slice().map(HostData::F64)
+    }
+
+    // Forward only: the kernel's gradient is computed (so both paths do the same work) and
+    // dropped.
+    fn fused_scalar(&self, kernel: &mut FusedKernel<'_>) -> Result<Option<Self>> {
+        let Some(values) = self.data.as_slice() else { return Ok(None) };
+        let mut grad = vec![0.0; values.len()];
+        let value = kernel(HostData::F64(values), HostDataMut::F64(&mut grad))?;
+        Ok(Some(self.like(ArrayD::from_elem(IxDyn(&[]), value))))
     }
 }
 
@@ -484,10 +434,7 @@ mod tests {
         let a = t(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]);
         let row = t(&[10.0, 20.0, 30.0], &[1, 3]);
         let col = t(&[100.0, 200.0], &[2, 1]);
-        assert_eq!(
-            a.add(&row).unwrap().to_vec_f64().unwrap(),
-            vec![11., 22., 33., 14., 25., 36.]
-        );
+        assert_eq!(a.add(&row).unwrap().to_vec_f64().unwrap(), vec![11., 22., 33., 14., 25., 36.]);
         assert_eq!(a.mul(&col).unwrap().to_vec_f64().unwrap()[3], 800.0);
         assert!(a.add(&t(&[1.0, 2.0], &[2])).is_err());
     }
@@ -496,14 +443,8 @@ mod tests {
     fn reductions_and_topk() {
         let a = t(&[1.0, 5.0, 3.0, 4.0, 2.0, 6.0], &[2, 3]);
         assert_eq!(a.sum_dim(1, true).unwrap().shape(), vec![2, 1]);
-        assert_eq!(
-            a.max_dim(0, false).unwrap().to_vec_f64().unwrap(),
-            vec![4.0, 5.0, 6.0]
-        );
-        assert_eq!(
-            a.min_dim(1, false).unwrap().to_vec_f64().unwrap(),
-            vec![1.0, 2.0]
-        );
+        assert_eq!(a.max_dim(0, false).unwrap().to_vec_f64().unwrap(), vec![4.0, 5.0, 6.0]);
+        assert_eq!(a.min_dim(1, false).unwrap().to_vec_f64().unwrap(), vec![1.0, 2.0]);
         assert_eq!(a.topk_sum(2).unwrap().to_f64().unwrap(), 11.0);
         assert_eq!(a.topk_sum(0).unwrap().to_f64().unwrap(), 0.0);
         assert!(a.topk_sum(7).is_err());
@@ -518,19 +459,13 @@ mod tests {
     #[test]
     fn select_where_pads_and_gathers() {
         let m = t(&[1.0, 0.0, 1.0], &[3]);
-        let out = m
-            .select_where(&t(&[1.0, 2.0, 3.0], &[3]), &t(&[-1.0], &[1]))
-            .unwrap();
+        let out = m.select_where(&t(&[1.0, 2.0, 3.0], &[3]), &t(&[-1.0], &[1])).unwrap();
         assert_eq!(out.to_vec_f64().unwrap(), vec![1.0, -1.0, 3.0]);
         let a = t(&[1.0, 2.0, 3.0, 4.0], &[2, 2]);
-        assert_eq!(
-            a.pad_end(1, 1).unwrap().to_vec_f64().unwrap(),
-            vec![1., 2., 0., 3., 4., 0.]
-        );
+        assert_eq!(a.pad_end(1, 1).unwrap().to_vec_f64().unwrap(), vec![1., 2., 0., 3., 4., 0.]);
         assert_eq!(a.index_select(0, &[1, 1, 0]).unwrap().shape(), vec![3, 2]);
         assert_eq!(
-            a.first_violation(ValueCheck::OutsideRange { lo: 0.0, hi: 2.5 })
-                .unwrap(),
+            a.first_violation(ValueCheck::OutsideRange { lo: 0.0, hi: 2.5 }).unwrap(),
             Some((2, 3.0))
         );
     }

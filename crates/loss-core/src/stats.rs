@@ -39,10 +39,7 @@ impl ClassStats {
                 });
             }
         }
-        Ok(Self {
-            class_freq,
-            train_num,
-        })
+        Ok(Self { class_freq, train_num })
     }
 
     /// Counts labels in a row-major 0/1 matrix of `rows × classes`; any other value is an
@@ -133,22 +130,9 @@ mod tests {
         let stats = ClassStats::new(vec![310.0, 2489.0, 114.0, 17.0, 0.0, 725.0], 7770.0).unwrap();
         let err = stats.check_usable(6, false).unwrap_err();
         assert!(matches!(err, LossError::InvalidClassFreq { class: 4, .. }));
-        let err = ClassStats::new(vec![10.0, 100.0], 100.0)
-            .unwrap()
-            .check_usable(2, true);
-        assert!(matches!(
-            err,
-            Err(LossError::InvalidClassFreq { class: 1, .. })
-        ));
-        let err = ClassStats::new(vec![10.0], 100.0)
-            .unwrap()
-            .check_usable(3, false);
-        assert!(matches!(
-            err,
-            Err(LossError::ClassCountMismatch {
-                expected: 3,
-                got: 1
-            })
-        ));
+        let err = ClassStats::new(vec![10.0, 100.0], 100.0).unwrap().check_usable(2, true);
+        assert!(matches!(err, Err(LossError::InvalidClassFreq { class: 1, .. })));
+        let err = ClassStats::new(vec![10.0], 100.0).unwrap().check_usable(3, false);
+        assert!(matches!(err, Err(LossError::ClassCountMismatch { expected: 3, got: 1 })));
     }
 }

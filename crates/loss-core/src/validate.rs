@@ -7,11 +7,7 @@ use crate::error::{unravel_index, LossError, Result};
 pub fn same_shape<B: Backend>(what: &str, expected: &B, got: &B) -> Result<()> {
     let (e, g) = (expected.shape(), got.shape());
     if e != g {
-        return Err(LossError::ShapeMismatch {
-            what: what.into(),
-            expected: e,
-            got: g,
-        });
+        return Err(LossError::ShapeMismatch { what: what.into(), expected: e, got: g });
     }
     Ok(())
 }
@@ -40,10 +36,7 @@ pub fn to_compute_type<B: Backend>(what: &str, t: &B) -> Result<B> {
     match dtype.compute_type() {
         Some(c) if c == dtype => Ok(t.shallow_clone()),
         Some(c) => t.to_dtype(c),
-        None => Err(LossError::UnsupportedDtype {
-            what: what.into(),
-            dtype: dtype.to_string(),
-        }),
+        None => Err(LossError::UnsupportedDtype { what: what.into(), dtype: dtype.to_string() }),
     }
 }
 
@@ -72,10 +65,7 @@ pub fn values<B: Backend>(what: &str, t: &B, check: ValueCheck, reason: &str) ->
 /// The input must be a floating type (the check [`to_compute_type`] makes, without converting).
 pub fn floating<B: Backend>(what: &str, t: &B) -> Result<()> {
     if t.dtype() == DType::Integer {
-        return Err(LossError::UnsupportedDtype {
-            what: what.into(),
-            dtype: "integer".into(),
-        });
+        return Err(LossError::UnsupportedDtype { what: what.into(), dtype: "integer".into() });
     }
     Ok(())
 }

@@ -65,7 +65,9 @@ mod tests {
             return; // only meaningful on a CPU-only libtorch or a machine without a GPU
         }
         let err = resolve_device(DeviceSpec::Cuda(0)).unwrap_err();
-        assert!(matches!(err, LossError::DeviceUnavailable { ref requested, .. } if requested == "cuda:0"));
+        assert!(
+            matches!(err, LossError::DeviceUnavailable { ref requested, .. } if requested == "cuda:0")
+        );
         assert!(err.to_string().contains("no CUDA"), "{err}");
         assert_eq!(resolve_device(DeviceSpec::Auto).unwrap(), Device::Cpu);
     }

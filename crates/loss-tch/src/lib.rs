@@ -23,5 +23,5 @@ mod device;
 mod tensor;
 
 pub use device::{resolve_device, to_device_spec};
-pub use tensor::TchTensor;
 pub use loss_core::{Backend, LossError, Result};
+pub use tensor::TchTensor;

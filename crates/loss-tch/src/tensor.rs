@@ -2,7 +2,9 @@
 
 use std::ops::Deref;
 
-use loss_core::{Backend, DType, LossError, Result, ValueCheck};
+use loss_core::{
+    Backend, DType, FusedKernel, HostData, HostDataMut, LossError, Result, ValueCheck,
+};
 use tch::{Device, Kind, TchError, Tensor};
 
 /// A [`tch::Tensor`] seen as a [`Backend`] tensor.
@@ -359,7 +361,65 @@ impl Backend for TchTensor {
             .and_then(|i| i.f_int64_value(&[]))
             .map_err(err)?;
         let value = x.f_double_value(&[first]).map_err(err)?;
-        let index = usize::try_from(first).map_err(|_| LossError::Backend("negative index".into()))?;
+        let index =
+            usize::try_from(first).map_err(|_| LossError::Backend("negative index".into()))?;
         Ok(Some((index, value)))
+    }
+
+    fn host_data(&self) -> Option<HostData<'_>> {
+        let t = &self.0;
+        if t.device() != Device::Cpu || !t.is_contiguous() {
+            return None;
+        }
+        let n = t.numel();
+        let ptr = t.data_ptr();
+        match t.kind() {
+            Kind::Float if n == 0 => Some(HostData::F32(&[])),
+            Kind::Double if n == 0 => Some(HostData::F64(&[])),
+            // SAFETY: a contiguous CPU tensor of this kind holds `n` initialised elements of
+            // that type at `data_ptr`, and the storage lives at least as long as `&self`.
+            Kind::Float => {
+                Some(HostData::F32(unsafe { std::slice::from_raw_parts(ptr.cast(), n) }))
+            }
+            Kind::Double => {
+                Some(HostData::F64(unsafe { std::slice::from_raw_parts(ptr.cast(), n) }))
+            }
+            _ => None,
+        }
+    }
+
+    fn fused_scalar(&self, kernel: &mut FusedKernel<'_>) -> Result<Option<Self>> {
+        let Some(values) = self.host_data() else { return Ok(None) };
+        let kind = self.0.kind();
+        let grad = Tensor::f_empty(self.0.size(), (kind, Device::Cpu)).map_err(err)?;
+        let n = grad.numel();
+        let ptr = grad.data_ptr();
+        // SAFETY: `grad` is a fresh contiguous CPU tensor of `n` elements of `kind`, owned here
+        // and not aliased; any bit pattern is a valid f32/f64, and the kernel overwrites all.
+        let buf = match kind {
+            _ if n == 0 => match kind {
+                Kind::Float => HostDataMut::F32(&mut []),
+                _ => HostDataMut::F64(&mut []),
+            },
+            Kind::Float => {
+                HostDataMut::F32(unsafe { std::slice::from_raw_parts_mut(ptr.cast(), n) })
+            }
+            _ => HostDataMut::F64(unsafe { std::slice::from_raw_parts_mut(ptr.cast(), n) }),
+        };
+        let value = kernel(values, buf)?;
+        let out = Tensor::f_from_slice(&[value])
+            .and_then(|t| t.f_reshape([0i64; 0]))
+            .and_then(|t| t.f_to_kind(kind))
+            .map_err(err)?;
+        if !self.0.requires_grad() {
+            return Ok(Some(Self(out)));
+        }
+        // Attach the kernel's gradient: `d − detach(d)` is exactly 0 in value, and its gradient
+        // with respect to `self` is `grad`, so backward hands `grad` on, scaled by the incoming
+        // gradient, at the cost of one dot product.
+        let d =
+            self.0.f_reshape([-1]).and_then(|x| x.f_dot(&grad.f_reshape([-1])?)).map_err(err)?;
+        let zero = d.f_sub(&d.detach()).map_err(err)?;
+        w(out.f_add(&zero)).map(Some)
     }
 }
