@@ -89,6 +89,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
     pub device: loss_core::DeviceSpec,
+    /// libtorch's intra-op threads; libtorch's default (one per core) when absent.
+    pub threads: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -100,6 +102,7 @@ impl Default for TrainConfig {
             weight_decay: 0.0,
             seed: 1,
             device: loss_core::DeviceSpec::Cpu,
+            threads: None,
         }
     }
 }
@@ -378,6 +381,9 @@ pub fn run(
     let loss_fn = ResampleLoss::from_config(&loss_with_stats(loss, &prepared.stats))?;
     let n_labels = prepared.label_names.len();
 
+    if let Some(threads) = t.threads {
+        tch::set_num_threads(i32::try_from(threads.max(1)).unwrap_or(i32::MAX));
+    }
     tch::manual_seed(i64::try_from(t.seed).unwrap_or(i64::MAX));
     let model = Model::new(&exp.model, prepared.n_features, n_labels, device)?;
     let mut opt = model.optimizer(t.lr, t.weight_decay)?;

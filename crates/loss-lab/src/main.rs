@@ -84,7 +84,22 @@ enum Command {
     },
 }
 
+/// Keeps freed memory in the process instead of returning it to the kernel.
+///
+/// Training allocates and frees gradient buffers of tens of MB at every step; with glibc's
+/// defaults each one is a fresh `mmap` whose pages fault in again, which measured as 40% of a
+/// Reuters run. Raising both thresholds makes the buffers reuse the same pages.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning parameters; called before any threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     let quiet = matches!(cli.command, Command::Loss { .. });
     tracing_subscriber::fmt()

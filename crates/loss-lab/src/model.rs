@@ -78,10 +78,11 @@ impl SparseRows {
 }
 
 /// `[model]` of an experiment file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ModelConfig {
     /// `logits = x W + b`.
+    #[default]
     Linear,
     /// `logits = dropout(relu(x W₁ + b₁)) W₂ + b₂`.
     Mlp {
@@ -98,12 +99,6 @@ fn default_hidden() -> usize {
 
 fn default_dropout() -> f64 {
     0.5
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        ModelConfig::Linear
-    }
 }
 
 pub(crate) fn tch_err(e: tch::TchError) -> LabError {
