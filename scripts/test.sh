@@ -28,4 +28,4 @@ cargo test --workspace --all-features --exclude loss-tch
 cargo test -p loss-tch
 
 step "cargo doc (-D warnings)"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quiet
