@@ -5,7 +5,8 @@
 //! optional, unknown keys rejected); `resolve` applies the preset, lets explicit keys override
 //! it, checks every range and returns `*Params` in which every mode is an enum.
 
-use serde::{Deserialize, Serialize};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{LossError, Result};
 use crate::loss::Reduction;
@@ -21,16 +22,73 @@ pub struct LossFile {
 impl LossFile {
     /// Parses a TOML document holding exactly one `[loss]` table.
     pub fn from_toml(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| LossError::Parse(e.to_string().trim().replace('\n', " ")))
+        toml::from_str(text).map_err(|e| LossError::Parse(describe_toml_error(text, &e)))
     }
 }
 
+/// A TOML error as one line: the parser's message and the line it points at.
+pub fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    let Some(span) = e.span() else { return message };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count();
+    let line = text.lines().nth(line_no).unwrap_or("").trim();
+    format!("{message} (line {}: `{line}`)", line_no + 1)
+}
+
 /// One `[loss]` table, tagged by `type`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+///
+/// Deserialised in two steps (the `type`, then the table as the chosen family's config) so
+/// that an error names the key it is about rather than the `[loss]` header.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum LossConfig {
     Multilabel(MultiLabelConfig),
     Dbnet(DbNetConfig),
+}
+
+impl<'de> Deserialize<'de> for LossConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let kind = match table.remove("type") {
+            Some(toml::Value::String(kind)) => kind,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "loss `type` must be \"multilabel\" or \"dbnet\", got {other}"
+                )))
+            }
+            None => return Err(D::Error::custom("missing loss key `type` (multilabel or dbnet)")),
+        };
+        let text = toml::to_string(&table).map_err(D::Error::custom)?;
+        match kind.as_str() {
+            "multilabel" => family(&text).map(LossConfig::Multilabel),
+            "dbnet" => family(&text).map(LossConfig::Dbnet),
+            other => Err(format!("unknown loss type `{other}` (expected multilabel or dbnet)")),
+        }
+        .map_err(D::Error::custom)
+    }
+}
+
+/// A family's config from the text of its `[loss]` table (without `type`); the error names the
+/// offending key and its sub-table.
+fn family<T: DeserializeOwned>(text: &str) -> std::result::Result<T, String> {
+    toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().replace('\n', " ");
+        let Some(span) = e.span() else { return format!("in [loss]: {message}") };
+        let before = &text[..span.start.min(text.len())];
+        let line_no = before.matches('\n').count();
+        let line = text.lines().nth(line_no).unwrap_or("").trim();
+        let table = before
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix('[').and_then(|h| h.strip_suffix(']')))
+            .map_or("[loss]".to_string(), |t| format!("[loss.{t}]"));
+        if line.starts_with('[') {
+            format!("in {table}: {message}")
+        } else {
+            format!("in {table}: {message} (at `{line}`)")
+        }
+    })
 }
 
 // ------------------------------------------------------------------------------------------
@@ -358,26 +416,14 @@ impl ReweightConfig {
         }
     }
 
+    /// Keys of other modes are ignored, so one table can list every key (as the interfaces
+    /// file's example does) and switch modes by `mode` alone.
     fn resolve(&self) -> Result<Reweight> {
         let mode = self.mode.ok_or_else(|| key_err("reweight.mode", "is required"))?;
-        let unused = |key: &str, v: &Option<f64>| match v {
-            Some(_) => Err(key_err(key, format!("does not apply to reweight mode {mode:?}"))),
-            None => Ok(()),
-        };
         let kind = match mode {
-            ReweightMode::Inverse | ReweightMode::SqrtInverse => {
-                unused("reweight.alpha", &self.alpha)?;
-                unused("reweight.beta", &self.beta)?;
-                unused("reweight.mu", &self.mu)?;
-                if mode == ReweightMode::Inverse {
-                    ReweightKind::Inverse
-                } else {
-                    ReweightKind::SqrtInverse
-                }
-            }
+            ReweightMode::Inverse => ReweightKind::Inverse,
+            ReweightMode::SqrtInverse => ReweightKind::SqrtInverse,
             ReweightMode::ClassBalanced => {
-                unused("reweight.alpha", &self.alpha)?;
-                unused("reweight.mu", &self.mu)?;
                 let beta = finite("reweight.beta", required("reweight.beta", self.beta)?)?;
                 if !(0.0..1.0).contains(&beta) {
                     return Err(key_err("reweight.beta", format!("must be in [0, 1), got {beta}")));
@@ -390,9 +436,6 @@ impl ReweightConfig {
                 mu: finite("reweight.mu", self.mu.unwrap_or(0.9))?,
             },
         };
-        if self.cb_mode.is_some() && mode != ReweightMode::ClassBalanced {
-            return Err(key_err("reweight.cb_mode", "applies only to mode class_balanced"));
-        }
         Ok(Reweight { kind, norm: self.norm.unwrap_or_default() })
     }
 }
@@ -421,13 +464,10 @@ impl MultiLabelConfig {
             }),
             (u, p) => overlay(u, p),
         };
+        // Asymmetric focusing is the alternative to focal: when given, it replaces focal,
+        // a preset's or an explicit [loss.focal] alike.
         let asymmetric = self.asymmetric.clone();
-        if asymmetric.is_some() && focal.is_some() {
-            return Err(key_err(
-                "asymmetric",
-                "is an alternative to focal: use one of [loss.focal] and [loss.asymmetric]",
-            ));
-        }
+        let focal = if asymmetric.is_some() { None } else { focal };
 
         let reweight = reweight.as_ref().map(ReweightConfig::resolve).transpose()?;
         let focal = focal
@@ -665,6 +705,71 @@ mod tests {
         assert!(matches!(err, LossError::InvalidConfig { ref key, .. } if key == "ntr.lambda"));
         let err = ml("[loss]\ntype=\"multilabel\"\npreset=\"db\"\n").unwrap_err();
         assert!(matches!(err, LossError::InvalidConfig { ref key, .. } if key == "class_freq"));
+    }
+
+    /// The multi-label example of `../shared/spec/interfaces.md`, verbatim.
+    const SPEC_EXAMPLE: &str = r#"
+[loss]
+type = "multilabel"            # multilabel | dbnet
+preset = "db"                  # optional; explicit keys below override the preset's values
+reduction = "mean"             # none | mean | sum
+loss_weight = 1.0
+class_freq = [10, 50, 90]      # needed by reweights and NTR
+train_num = 100
+pos_weight = [1.0, 1.0, 1.0]   # optional
+check_finite = true
+
+[loss.reweight]                # optional
+mode = "rebalance"             # inverse | sqrt_inverse | class_balanced | rebalance
+alpha = 0.1                    # rebalance
+beta = 10.0                    # rebalance: slope; class_balanced: the CB beta, e.g. 0.9
+mu = 0.9                       # rebalance
+cb_mode = "by_class"           # class_balanced: by_class | average_n | average_w | min_n
+norm = "none"                  # none | by_instance | by_batch
+
+[loss.focal]                   # optional
+gamma = 2.0
+alpha = 0.5
+
+[loss.ntr]                     # optional
+kappa = 0.05
+lambda = 2.0
+negative_weight = "auto"       # auto | always | never
+bias_over_lambda = false
+
+[loss.asymmetric]              # optional, instead of focal
+gamma_pos = 0.0
+gamma_neg = 4.0
+clip = 0.05
+"#;
+
+    #[test]
+    fn the_interfaces_example_parses_and_asymmetric_replaces_focal() {
+        let LossConfig::Multilabel(ml) = parse(SPEC_EXAMPLE).unwrap() else {
+            panic!("expected multilabel")
+        };
+        let p = ml.resolve().unwrap();
+        assert_eq!(p.focal, None);
+        assert_eq!(p.asymmetric, Some(Asymmetric { gamma_pos: 0.0, gamma_neg: 4.0, clip: 0.05 }));
+        assert_eq!(
+            p.reweight.unwrap().kind,
+            ReweightKind::Rebalance { alpha: 0.1, beta: 10.0, mu: 0.9 }
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_key_and_its_table() {
+        let err = parse("[loss]\ntype = \"dbnet\"\nfallback_negative_num = 0.5\n").unwrap_err();
+        assert!(err.to_string().contains("fallback_negative_num = 0.5"), "{err}");
+        let err =
+            parse("[loss]\ntype = \"multilabel\"\n[loss.focal]\ngamma = \"two\"\n").unwrap_err();
+        assert!(err.to_string().contains("[loss.focal]"), "{err}");
+        assert!(err.to_string().contains("gamma = \"two\""), "{err}");
+        let err = parse("[loss]\ntype = \"resnet\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown loss type `resnet`"), "{err}");
+        let err = parse("[loss]\npreset = \"db\"\n").unwrap_err();
+        assert!(err.to_string().contains("`type`"), "{err}");
+        assert!(!err.to_string().contains('\n'), "one line: {err}");
     }
 
     #[test]

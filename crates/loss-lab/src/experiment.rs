@@ -170,11 +170,57 @@ impl Experiment {
         let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
         let mut exp: Experiment = toml::from_str(&text).map_err(|e| LabError::Toml {
             path: path.to_path_buf(),
-            reason: e.to_string().trim().replace('\n', " "),
+            reason: loss_core::config::describe_toml_error(&text, &e),
         })?;
         exp.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        exp.multilabel_loss()?;
+        exp.validate()?;
         Ok(exp)
+    }
+
+    /// Checks every setting that can be checked without the data, so that a bad value fails
+    /// before minutes of loading and training.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what, reason: String| Err(LabError::InvalidConfig { what, reason });
+        let t = &self.train;
+        if t.epochs == 0 {
+            return bad("train.epochs", "must be > 0, got 0".into());
+        }
+        if t.batch_size == 0 {
+            return bad("train.batch_size", "must be > 0, got 0".into());
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return bad("train.lr", format!("must be finite and > 0, got {}", t.lr));
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return bad(
+                "train.weight_decay",
+                format!("must be finite and >= 0, got {}", t.weight_decay),
+            );
+        }
+        if t.threads == Some(0) {
+            return bad("train.threads", "must be > 0, got 0".into());
+        }
+        self.model.validate()?;
+        self.eval.thresholds()?;
+        GroupThresholds { head_min: self.eval.head_min, tail_max: self.eval.tail_max }
+            .assign(&[])?;
+        if self.data.val_size == 0 {
+            return bad(
+                "data.val_size",
+                "must be > 0: the threshold is tuned on validation".into(),
+            );
+        }
+        let loss = self.multilabel_loss()?;
+        // Class statistics come from the data; everything else of the loss is checked now.
+        loss_with_stats(loss, &LabelStats { class_freq: vec![], train_num: 1 })
+            .resolve()
+            .map(|_| ())
+            .or_else(|e| match e {
+                loss_core::LossError::InvalidConfig { ref key, .. } if key == "class_freq" => {
+                    Ok(())
+                }
+                other => Err(LabError::Loss(other)),
+            })
     }
 
     /// The `[loss]` table, which must be of type `multilabel` for text experiments.
@@ -260,7 +306,15 @@ impl Prepared {
             "dataset loaded"
         );
         let stats = LabelStats::from_docs(&ds.train, n_labels)?;
-        let holdout = Holdout::new(ds.train.len(), exp.data.val_size, exp.data.split_seed)?;
+        let holdout = Holdout::new(ds.train.len(), exp.data.val_size, exp.data.split_seed)
+            .map_err(|_| LabError::InvalidConfig {
+                what: "data.val_size",
+                reason: format!(
+                    "holds out {} of {} training documents, leaving none to train on",
+                    exp.data.val_size,
+                    ds.train.len()
+                ),
+            })?;
         let train_docs = holdout.train_of(&ds.train);
         let val_docs = holdout.val_of(&ds.train);
 
@@ -309,10 +363,11 @@ pub struct SplitScores {
     pub groups: std::collections::BTreeMap<String, GroupScores>,
 }
 
+/// Scores of one frequency group; `null` (`None`) for a group without labels.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GroupScores {
-    pub micro_f1: f64,
-    pub macro_f1: f64,
+    pub micro_f1: Option<f64>,
+    pub macro_f1: Option<f64>,
     pub n_labels: usize,
 }
 
@@ -341,8 +396,12 @@ fn split_scores(
         .groups
         .iter()
         .map(|g| {
-            let s =
-                GroupScores { micro_f1: g.micro_f1, macro_f1: g.macro_f1, n_labels: g.n_labels };
+            let some = |v: f64| (g.n_labels > 0).then_some(v);
+            let s = GroupScores {
+                micro_f1: some(g.micro_f1),
+                macro_f1: some(g.macro_f1),
+                n_labels: g.n_labels,
+            };
             (g.group.name().to_string(), s)
         })
         .collect();
@@ -372,12 +431,7 @@ pub fn run(
 ) -> Result<RunResult> {
     let start = Instant::now();
     let t = &exp.train;
-    if t.batch_size == 0 || t.epochs == 0 {
-        return Err(LabError::InvalidConfig {
-            what: "train.batch_size / train.epochs",
-            reason: "must be > 0".into(),
-        });
-    }
+    exp.validate()?;
     let loss_fn = ResampleLoss::from_config(&loss_with_stats(loss, &prepared.stats))?;
     let n_labels = prepared.label_names.len();
 

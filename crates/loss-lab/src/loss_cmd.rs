@@ -58,6 +58,9 @@ pub fn run(
     let file = LossFile::from_toml(&text)
         .map_err(|e| LabError::Toml { path: config.to_path_buf(), reason: e.to_string() })?;
     let device = resolve_device(device)?;
+    if let Some(dir) = grad_out {
+        crate::report::prepare_out_dir(dir)?;
+    }
 
     let allowed: &[&str] = match file.loss {
         LossConfig::Multilabel(_) => &MULTILABEL_INPUTS,
@@ -125,6 +128,15 @@ pub fn run(
     };
 
     let value = out.loss.to_f64()?;
+    if !value.is_finite() {
+        return Err(LabError::InvalidConfig {
+            what: "inputs",
+            reason: format!(
+                "the loss is {value}: a non-finite input reached it (NaN or ±inf in {leaf_name} \
+                 or a target map, or check_finite = false)"
+            ),
+        });
+    }
     let terms = out
         .terms
         .iter()

@@ -30,7 +30,7 @@ enum Command {
         /// The experiment file.
         experiment: PathBuf,
         /// cpu, cuda, cuda:N or auto (overrides [train] device).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_device)]
         device: Option<DeviceSpec>,
         /// Output directory (metrics.json, per-label plot).
         #[arg(long, default_value = "runs/train")]
@@ -47,7 +47,7 @@ enum Command {
         /// The sweep file.
         sweep: PathBuf,
         /// cpu, cuda, cuda:N or auto (overrides [train] device).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_device)]
         device: Option<DeviceSpec>,
         /// Output directory (results.md, results.csv).
         #[arg(long, default_value = "runs/sweep")]
@@ -73,12 +73,14 @@ enum Command {
         /// gt_thr_mask).
         #[arg(long = "input", value_parser = loss_cmd::parse_input)]
         inputs: Vec<(String, PathBuf)>,
-        #[arg(long, default_value = "cpu")]
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu", value_parser = parse_device)]
         device: DeviceSpec,
         /// Directory for the gradient (logits.npy or preds.npy).
         #[arg(long)]
         grad_out: Option<PathBuf>,
-        /// Print one JSON object.
+        /// Print one JSON object, `{"loss": x, "terms": {...}}`. Under `reduction = "none"` the
+        /// loss reported (and differentiated by --grad-out) is the sum of the elementwise loss.
         #[arg(long)]
         json: bool,
     },
@@ -98,11 +100,30 @@ fn keep_freed_memory() {
     }
 }
 
+fn parse_device(s: &str) -> std::result::Result<DeviceSpec, String> {
+    s.parse().map_err(|_| format!("expected cpu, cuda, cuda:N or auto, got `{s}`"))
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line: clap's first, without the usage block that follows it.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("").trim_start_matches("error: ");
+            eprintln!("losslab: error: {first} (see losslab --help)");
+            return ExitCode::from(2);
+        }
+    };
     let quiet = matches!(cli.command, Command::Loss { .. });
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(
             |_| {
                 if quiet {
@@ -191,6 +212,8 @@ fn train(
     if let Some(s) = seed {
         exp.train.seed = s;
     }
+    resolve_device(exp.train.device)?;
+    report::prepare_out_dir(out)?;
     let prepared = Prepared::new(&exp, data)?;
     tracing::info!(seconds = format!("{:.2}", prepared.seconds), "data and features ready");
     let loss = exp.multilabel_loss()?.clone();
@@ -230,6 +253,17 @@ fn run_sweep(
     if let Some(d) = device {
         exp.train.device = d;
     }
+    resolve_device(exp.train.device)?;
+    for variant in &sweep.variants {
+        if let loss_core::LossConfig::Multilabel(m) = &variant.loss {
+            exp.loss = loss_core::LossConfig::Multilabel(m.clone());
+            exp.validate().map_err(|e| LabError::InvalidConfig {
+                what: "variant.loss",
+                reason: format!("variant `{}`: {e}", variant.name),
+            })?;
+        }
+    }
+    report::prepare_out_dir(out)?;
     let prepared = Prepared::new(&exp, data)?;
     let mut rows = Vec::new();
     let total = sweep.variants.len() * sweep.seeds.len();

@@ -79,30 +79,62 @@ impl SparseRows {
 
 /// `[model]` of an experiment file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum ModelConfig {
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `linear` or `mlp`.
+    #[serde(default)]
+    pub kind: ModelKind,
+    /// Width of the MLP's hidden layer (default 512).
+    pub hidden: Option<usize>,
+    /// Dropout after the MLP's hidden layer, in `[0, 1)` (default 0.5).
+    pub dropout: Option<f64>,
+}
+
+/// The classifier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
     /// `logits = x W + b`.
     #[default]
     Linear,
     /// `logits = dropout(relu(x W₁ + b₁)) W₂ + b₂`.
-    Mlp {
-        #[serde(default = "default_hidden")]
-        hidden: usize,
-        #[serde(default = "default_dropout")]
-        dropout: f64,
-    },
+    Mlp,
 }
 
-fn default_hidden() -> usize {
-    512
+impl ModelConfig {
+    /// Checks the keys against the kind and their ranges; returns (hidden width, dropout),
+    /// `None` for a linear model.
+    pub fn validate(&self) -> Result<Option<(usize, f64)>> {
+        let bad = |what, reason: String| Err(LabError::InvalidConfig { what, reason });
+        match self.kind {
+            ModelKind::Linear => {
+                if self.hidden.is_some() || self.dropout.is_some() {
+                    return bad(
+                        "model.hidden / model.dropout",
+                        "apply only to kind = \"mlp\"".into(),
+                    );
+                }
+                Ok(None)
+            }
+            ModelKind::Mlp => {
+                let hidden = self.hidden.unwrap_or(512);
+                let dropout = self.dropout.unwrap_or(0.5);
+                if hidden == 0 {
+                    return bad("model.hidden", "must be > 0, got 0".into());
+                }
+                if !(0.0..1.0).contains(&dropout) {
+                    return bad("model.dropout", format!("must be in [0, 1), got {dropout}"));
+                }
+                Ok(Some((hidden, dropout)))
+            }
+        }
+    }
 }
 
-fn default_dropout() -> f64 {
-    0.5
-}
-
+/// A libtorch error as one line: its first line, without the C++ backtrace that follows.
 pub(crate) fn tch_err(e: tch::TchError) -> LabError {
-    LabError::Torch(e.to_string())
+    let text = e.to_string();
+    LabError::Torch(text.lines().next().unwrap_or("").trim().to_string())
 }
 
 /// A trained or training classifier; its parameters live in `vs`.
@@ -121,32 +153,24 @@ impl Model {
         outputs: usize,
         device: Device,
     ) -> Result<Self> {
+        let shape = config.validate()?;
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let dims: Vec<usize> = match config {
-            ModelConfig::Linear => vec![inputs, outputs],
-            ModelConfig::Mlp { hidden, .. } => vec![inputs, *hidden, outputs],
+        let dims: Vec<usize> = match shape {
+            None => vec![inputs, outputs],
+            Some((hidden, _)) => vec![inputs, hidden, outputs],
         };
         let mut layers = Vec::new();
         for (i, pair) in dims.windows(2).enumerate() {
             let (fan_in, fan_out) = (to_i64(pair[0])?, to_i64(pair[1])?);
             // PyTorch's nn.Linear initialisation: U(−1/√fan_in, 1/√fan_in) for both.
-            let bound = 1.0 / (fan_in as f64).sqrt();
+            let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
             let init = nn::Init::Uniform { lo: -bound, up: bound };
             let w = root.f_var(&format!("w{i}"), &[fan_in, fan_out], init).map_err(tch_err)?;
             let b = root.f_var(&format!("b{i}"), &[fan_out], init).map_err(tch_err)?;
             layers.push((w, b));
         }
-        let dropout = match config {
-            ModelConfig::Linear => 0.0,
-            ModelConfig::Mlp { dropout, .. } => *dropout,
-        };
-        if !(0.0..1.0).contains(&dropout) {
-            return Err(LabError::InvalidConfig {
-                what: "model.dropout",
-                reason: format!("must be in [0, 1), got {dropout}"),
-            });
-        }
+        let dropout = shape.map_or(0.0, |(_, d)| d);
         Ok(Self { vs, layers, dropout })
     }
 

@@ -8,12 +8,19 @@ use plotters::prelude::*;
 use crate::error::{LabError, Result};
 use crate::experiment::{RunResult, SplitScores};
 
+/// Percent with two decimals; `n/a` for a group without labels (NaN).
 fn pct(v: f64) -> String {
-    format!("{:.2}", 100.0 * v)
+    if v.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{:.2}", 100.0 * v)
+    }
 }
 
 fn group(s: &SplitScores, name: &str) -> (f64, f64) {
-    s.groups.get(name).map(|g| (g.micro_f1, g.macro_f1)).unwrap_or((f64::NAN, f64::NAN))
+    let g = s.groups.get(name);
+    let value = |v: Option<f64>| v.unwrap_or(f64::NAN);
+    g.map(|g| (value(g.micro_f1), value(g.macro_f1))).unwrap_or((f64::NAN, f64::NAN))
 }
 
 /// The columns of every table: overall and per group, micro and macro F1, in percent.
@@ -39,16 +46,29 @@ pub fn markdown(first: &str, rows: &[(String, [f64; 8])]) -> String {
     out
 }
 
-/// The same rows as CSV, F1 as fractions.
+/// The same rows as CSV, F1 as fractions (empty for a group without labels).
 pub fn csv(first: &str, rows: &[(String, [f64; 8])]) -> String {
     let header: Vec<String> =
         COLUMNS.iter().map(|c| c.replace(' ', "_").replace("-F1", "_f1")).collect();
     let mut out = format!("{first},{}\n", header.join(","));
     for (name, v) in rows {
-        let cells: Vec<String> = v.iter().map(|x| format!("{x:.6}")).collect();
+        let cells: Vec<String> =
+            v.iter().map(|x| if x.is_nan() { String::new() } else { format!("{x:.6}") }).collect();
         let _ = writeln!(out, "{name},{}", cells.join(","));
     }
     out
+}
+
+/// Creates the output directory (and its parents) before any work, so that a bad `--out`
+/// fails at once rather than after training.
+pub fn prepare_out_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(LabError::InvalidConfig {
+            what: "--out",
+            reason: format!("{} exists and is not a directory", dir.display()),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir, e))
 }
 
 /// Writes `text` to `path`, creating its directory.

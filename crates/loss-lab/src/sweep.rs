@@ -45,7 +45,7 @@ impl Sweep {
         let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
         let mut sweep: Sweep = toml::from_str(&text).map_err(|e| LabError::Toml {
             path: path.to_path_buf(),
-            reason: e.to_string().trim().replace('\n', " "),
+            reason: loss_core::config::describe_toml_error(&text, &e),
         })?;
         sweep.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         if sweep.variants.is_empty() || sweep.seeds.is_empty() {
@@ -53,6 +53,17 @@ impl Sweep {
                 what: "sweep",
                 reason: "needs at least one [[variant]] and one seed".into(),
             });
+        }
+        for (i, v) in sweep.variants.iter().enumerate() {
+            if sweep.variants[..i].iter().any(|w| w.name == v.name) {
+                return Err(LabError::InvalidConfig {
+                    what: "variant.name",
+                    reason: format!(
+                        "`{}` names two variants: each table row needs its own",
+                        v.name
+                    ),
+                });
+            }
         }
         Ok(sweep)
     }
