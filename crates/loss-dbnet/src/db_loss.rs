@@ -6,6 +6,7 @@ use loss_core::{
     Backend, DbNetConfig, DbNetParams, Loss, LossError, LossOutput, Result, ValueCheck,
 };
 
+use crate::fused::{self, Settings};
 use crate::targets::rescale_to;
 use crate::{
     check_range, BalancedBce, BalancedBceConfig, Dice, DiceConfig, MaskedL1, MaskedL1Config,
@@ -54,6 +55,18 @@ impl<B> Copy for DbInput<'_, B> {}
 /// the preset `dbnet` is the paper's training setting (`alpha = 5`, `beta = 10`, balanced BCE).
 /// With `downsample_ratio`, target maps given at image size are rescaled and padded or cropped
 /// to `H × W` (see [`crate::targets`]); without it they must be `[N, H, W]` already.
+///
+/// # Fused and generic paths
+/// When the backend lends the predictions' memory ([`Backend::fused_scalar`]: contiguous and on
+/// the CPU, in f32 or f64 after the conversion to the compute type), the loss and its gradient
+/// come from one fused kernel: two passes over the maps, hard-negative mining by a linear-time
+/// selection, threads for large inputs, results independent of the thread count (see
+/// `docs/dbnet.md`). Its gradient flows through [`LossOutput::loss`], the total; the three
+/// `terms` are then **detached** values (0-d constants), so backward from a single term needs
+/// the generic formulas, [`DbLoss::with_fused`]`(false)`. Elsewhere (CUDA, strided predictions)
+/// the generic formulas run, with every term attached to the graph. Both paths give the same
+/// values and the same gradient of the total; where the mining cuts through equal losses, the
+/// fused path gives the gradient to the first tied negatives in row-major order of `[N, H, W]`.
 ///
 /// # Shapes
 /// `preds` `[N, 3, H, W]`; each target `[N, H, W]`, or `[N, h, w]` at image size with
@@ -107,6 +120,10 @@ pub struct DbLoss {
     bce: BalancedBce,
     dice: Dice,
     l1: MaskedL1,
+    /// Whether the fused kernel is tried first.
+    fused: bool,
+    /// Most threads of the fused kernel; 0 for the machine's available parallelism.
+    threads: usize,
 }
 
 impl DbLoss {
@@ -130,7 +147,32 @@ impl DbLoss {
         .init()?;
         let dice = DiceConfig { eps: params.eps }.init()?;
         let l1 = MaskedL1Config { eps: params.eps }.init()?;
-        Ok(Self { params, bce, dice, l1 })
+        Ok(Self { params, bce, dice, l1, fused: true, threads: 0 })
+    }
+
+    /// Whether to use the fused kernel when the backend supports it (the default), or always
+    /// the generic formulas, which keep every term attached to the autograd graph.
+    pub fn with_fused(mut self, fused: bool) -> Self {
+        self.fused = fused;
+        self
+    }
+
+    /// The most worker threads the fused kernel uses: 0 (the default) for the machine's
+    /// available parallelism. Smaller inputs use fewer, with at least 32 768 pixels per thread.
+    /// Results do not depend on it.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Whether the fused kernel is enabled (see [`DbLoss::with_fused`]).
+    pub fn fused(&self) -> bool {
+        self.fused
+    }
+
+    /// The thread setting of the fused kernel (see [`DbLoss::with_threads`]).
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// The loss of a `[loss]` table with `type = "dbnet"`: preset, explicit keys, validation.
@@ -146,9 +188,9 @@ impl DbLoss {
         &self.params
     }
 
-    /// One target map in the compute type at the prediction's `[N, H, W]`.
-    fn target<B: Backend>(&self, what: &str, map: &B, like: &B) -> Result<B> {
-        let expected = like.shape();
+    /// One target map in `like`'s element type at the prediction's `[N, H, W]` (`expected`).
+    fn target<B: Backend>(&self, what: &str, map: &B, like: &B, expected: &[usize]) -> Result<B> {
+        let expected = expected.to_vec();
         let shape = map.shape();
         same_device(what, like, map)?;
         match self.params.downsample_ratio {
@@ -210,13 +252,31 @@ impl<B: Backend> Loss<B> for DbLoss {
             });
         }
         let preds = to_compute_type("preds", input.preds)?;
-        let (prob, thr, binary) = (preds.select(1, 0)?, preds.select(1, 1)?, preds.select(1, 2)?);
+        let expected = [shape[0], shape[2], shape[3]];
+        let target = |what: &str, map: &B| self.target(what, map, &preds, &expected);
+        let gt_shrink = target("gt_shrink", input.gt_shrink)?;
+        let gt_shrink_mask = target("gt_shrink_mask", input.gt_shrink_mask)?;
+        let gt_thr = target("gt_thr", input.gt_thr)?;
+        let gt_thr_mask = target("gt_thr_mask", input.gt_thr_mask)?;
 
-        let like = prob.detach();
-        let gt_shrink = self.target("gt_shrink", input.gt_shrink, &like)?.gt_scalar(0.0)?;
-        let gt_shrink_mask = self.target("gt_shrink_mask", input.gt_shrink_mask, &like)?;
-        let gt_thr = self.target("gt_thr", input.gt_thr, &like)?;
-        let gt_thr_mask = self.target("gt_thr_mask", input.gt_thr_mask, &like)?;
+        if self.fused {
+            let settings = Settings {
+                prob_loss: self.params.prob_loss,
+                prob_input: self.params.prob_input,
+                alpha: self.params.alpha,
+                beta: self.params.beta,
+                eps: self.params.eps,
+                bce: self.bce,
+                threads: self.threads,
+            };
+            let targets = [&gt_shrink, &gt_shrink_mask, &gt_thr, &gt_thr_mask];
+            if let Some(out) = fused::forward(&settings, &preds, targets)? {
+                return Ok(out);
+            }
+        }
+
+        let (prob, thr, binary) = (preds.select(1, 0)?, preds.select(1, 1)?, preds.select(1, 2)?);
+        let gt_shrink = gt_shrink.gt_scalar(0.0)?;
 
         let prob_loss = match (self.params.prob_loss, self.params.prob_input) {
             (ProbLoss::BalancedBce, input_kind) => {

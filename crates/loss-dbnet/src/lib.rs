@@ -49,6 +49,7 @@ mod approx_binary;
 mod balanced_bce;
 mod db_loss;
 mod dice;
+mod fused;
 mod l1;
 pub mod targets;
 

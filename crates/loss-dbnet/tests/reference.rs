@@ -3,7 +3,8 @@
 //!
 //! The ndarray backend computes in f64 whatever the declared dtype, so every case is compared
 //! with PyTorch's f64 values on the same (rounded) inputs at rel 1e-9, and f32 cases also with
-//! PyTorch's f32 values at rel 1e-5. Gradients are checked on libtorch, in
+//! PyTorch's f32 values at rel 1e-5. Every case runs through both paths of `DbLoss`: the fused
+//! kernel and the generic formulas. Gradients are checked on libtorch, in
 //! `loss-tch/tests/dbnet_reference.rs`.
 
 mod common;
@@ -21,7 +22,10 @@ fn tensor(values: &[f64], shape: &[usize], dtype: Dtype) -> NdTensor {
     NdTensor::new(values.to_vec(), shape, dtype).unwrap()
 }
 
-fn run(case: &Case) -> [(&'static str, f64); 4] {
+/// Both paths of `DbLoss`: the fused kernel (the default on ndarray) and the generic formulas.
+const PATHS: [bool; 2] = [true, false];
+
+fn run(case: &Case, fused: bool) -> [(&'static str, f64); 4] {
     let inputs = case.inputs();
     let preds = tensor(&inputs.preds, &case.preds_shape, case.dtype);
     let target = |v: &[f64]| tensor(v, &case.target_shape, case.dtype);
@@ -31,7 +35,7 @@ fn run(case: &Case) -> [(&'static str, f64); 4] {
         target(&inputs.gt_thr),
         target(&inputs.gt_thr_mask),
     );
-    let loss = DbLoss::from_config(&case.config).unwrap();
+    let loss = DbLoss::from_config(&case.config).unwrap().with_fused(fused);
 
     let out = loss
         .forward(DbInput {
@@ -91,31 +95,40 @@ fn inputs_are_rebuilt_bit_for_bit() {
 
 #[test]
 fn values_match_pytorch_in_f64() {
-    for case in fixture::load() {
-        let got = run(&case);
+    for (case, fused) in fixture::load().iter().flat_map(|c| PATHS.map(|f| (c, f))) {
+        let got = run(case, fused);
 
         for ((name, got), (_, want)) in got.iter().zip(case.expected_f64.named()) {
-            assert!(close(*got, want, 1e-9, 1e-3), "{} {name}: {got} vs {want}", case.name);
+            assert!(
+                close(*got, want, 1e-9, 1e-3),
+                "{} (fused: {fused}) {name}: {got} vs {want}",
+                case.name
+            );
         }
     }
 }
 
 #[test]
 fn f32_cases_match_pytorch_in_f32() {
-    for case in fixture::load().into_iter().filter(|c| c.dtype == Dtype::F32) {
-        let got = run(&case);
+    let cases = fixture::load().into_iter().filter(|c| c.dtype == Dtype::F32);
+    for (case, fused) in cases.flat_map(|c| PATHS.map(|f| (c.clone(), f))) {
+        let got = run(&case, fused);
 
         for ((name, got), (_, want)) in got.iter().zip(case.expected.named()) {
-            assert!(close(*got, want, 1e-5, 1e-3), "{} {name}: {got} vs {want}", case.name);
+            assert!(
+                close(*got, want, 1e-5, 1e-3),
+                "{} (fused: {fused}) {name}: {got} vs {want}",
+                case.name
+            );
         }
     }
 }
 
 #[test]
 fn the_loss_is_the_sum_of_its_terms() {
-    for case in fixture::load() {
-        let [(_, loss), (_, prob), (_, db), (_, thr)] = run(&case);
+    for (case, fused) in fixture::load().iter().flat_map(|c| PATHS.map(|f| (c, f))) {
+        let [(_, loss), (_, prob), (_, db), (_, thr)] = run(case, fused);
 
-        assert!(close(loss, prob + db + thr, 1e-15, 1.0), "{}", case.name);
+        assert!(close(loss, prob + db + thr, 1e-15, 1.0), "{} (fused: {fused})", case.name);
     }
 }

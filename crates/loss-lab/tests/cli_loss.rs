@@ -105,8 +105,12 @@ fn multilabel_fixtures_match_pytorch_through_the_command() {
         let grad = grad_values(&dir.join("grad/logits.npy"));
         let want = floats(&case["grad"]);
         let scale = want.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+        // The fixtures come from PyTorch's softplus, which is `x` (slope 1) past 20; ours is the
+        // exact form the spec asks for, whose slope σ(x) is below 1 by at most 2.1e-9 there.
+        let softplus_gap = if dtype == "f64" { 2.1e-9 * scale } else { 0.0 };
         for (i, (g, w)) in grad.iter().zip(&want).enumerate() {
-            assert!(close(*g, *w, rel, floor * scale.max(1.0)), "{name}: grad[{i}] {g} vs {w}");
+            let tol_floor = floor * scale.max(1.0) + softplus_gap;
+            assert!(close(*g, *w, rel, tol_floor), "{name}: grad[{i}] {g} vs {w}");
         }
         assert_eq!(grad.len(), want.len(), "{name}");
         checked += 1;

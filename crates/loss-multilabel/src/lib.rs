@@ -16,6 +16,10 @@
 //! The paper's eight losses are presets of the `[loss]` table
 //! ([`loss_core::config::MultiLabelPreset`]; `docs/multilabel.md` maps them to the paper).
 //!
+//! With `sum` or `mean` reduction on CPU data, [`ResampleLoss`] computes value and gradient in
+//! one fused pass (threads over row blocks, results independent of the thread count); the
+//! functions above are the generic formulas it is checked against.
+//!
 //! ```
 //! use loss_core::ndarray_backend::NdTensor;
 //! use loss_core::{Backend, Loss, MultiLabelConfig};
@@ -41,7 +45,9 @@
 
 mod asymmetric;
 mod bce;
+mod fastmath;
 mod focal;
+mod fused;
 mod ntr;
 mod resample;
 mod reweight;

@@ -46,8 +46,9 @@ fn scalar(t: &TchTensor) -> f64 {
     Backend::to_f64(t).unwrap()
 }
 
-/// Runs a fixture case: the four values (loss and terms) and d loss / d preds.
-fn run_case(case: &Case) -> ([(&'static str, f64); 4], Vec<f64>) {
+/// Runs a fixture case through the fused kernel or the generic formulas: the four values (loss
+/// and terms) and d loss / d preds.
+fn run_case(case: &Case, fused: bool) -> ([(&'static str, f64); 4], Vec<f64>) {
     let inputs = case.inputs();
     let k = kind(case.dtype);
     let preds = leaf(&inputs.preds, &case.preds_shape, k);
@@ -58,7 +59,7 @@ fn run_case(case: &Case) -> ([(&'static str, f64); 4], Vec<f64>) {
         target(&inputs.gt_thr),
         target(&inputs.gt_thr_mask),
     );
-    let loss = DbLoss::from_config(&case.config).unwrap();
+    let loss = DbLoss::from_config(&case.config).unwrap().with_fused(fused);
 
     let out = loss
         .forward(DbInput {
@@ -69,6 +70,9 @@ fn run_case(case: &Case) -> ([(&'static str, f64); 4], Vec<f64>) {
             gt_thr_mask: &gtm,
         })
         .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    // The fused kernel's terms are detached values; the generic terms keep their graph.
+    let prob = out.term("loss_prob").unwrap();
+    assert_eq!(prob.requires_grad(), !fused, "{}: the path taken", case.name);
     out.loss.backward();
 
     let term = |name: &str| scalar(out.term(name).unwrap());
@@ -96,28 +100,29 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v
 }
 
-fn check_case(case: &Case) {
+fn check_case(case: &Case, fused: bool) {
     let rel = match case.dtype {
         Dtype::F32 => 1e-5,
         Dtype::F64 => 1e-9,
     };
-    let (values, grad) = run_case(case);
+    let (values, grad) = run_case(case, fused);
+    let name = format!("{} (fused: {fused})", case.name);
 
-    for ((name, got), (_, want)) in values.iter().zip(case.expected.named()) {
-        assert!(close(*got, want, rel, 1e-3), "{} {name}: {got} vs {want}", case.name);
+    for ((term, got), (_, want)) in values.iter().zip(case.expected.named()) {
+        assert!(close(*got, want, rel, 1e-3), "{name} {term}: {got} vs {want}");
     }
     // Mining through tied losses may select other, equal elements than PyTorch did: the
     // gradient is then the same multiset of values on other positions.
     let arrange = |g: Vec<f64>| if case.has_ties() { sorted(g) } else { g };
     let (grad, want, want_f64) = (arrange(grad), arrange(case.grad()), arrange(case.grad_f64()));
     match case.dtype {
-        Dtype::F64 => assert_grad_close(&case.name, &grad, &want, rel, 1e-3),
+        Dtype::F64 => assert_grad_close(&name, &grad, &want, rel, 1e-3),
         Dtype::F32 => {
             // Each element to rel 1e-5 of the f64 gradient on the same inputs; PyTorch's f32
             // gradient itself is that close only relative to the gradient's scale (its fused
             // `sigmoid(z) - y` cancels for saturated logits, where ours computes `-sigmoid(-z)`).
-            assert_grad_close(&case.name, &grad, &want_f64, rel, 1e-3);
-            assert_grad_close(&case.name, &grad, &want, rel, 1e-1);
+            assert_grad_close(&name, &grad, &want_f64, rel, 1e-3);
+            assert_grad_close(&name, &grad, &want, rel, 1e-1);
         }
     }
 }
@@ -128,7 +133,14 @@ fn fixture_cases_match_pytorch_in_value_and_gradient() {
     assert!(cases.len() >= 20, "{} cases", cases.len());
 
     for case in &cases {
-        check_case(case);
+        check_case(case, true);
+    }
+}
+
+#[test]
+fn fixture_cases_match_pytorch_on_the_generic_path() {
+    for case in &fixture::load() {
+        check_case(case, false);
     }
 }
 
@@ -203,8 +215,10 @@ fn a_batch_without_text_with_fallback_negatives() {
 
 #[test]
 fn a_batch_without_text_gives_a_zero_gradient_through_the_whole_loss() {
+    // Backward from one term: the generic path, whose terms stay attached to the graph (the
+    // fused path's terms are detached values; its total is checked in `dbnet_fused.rs`).
     let params = DbNetParams { prob_loss: ProbLoss::BalancedBce, ..DbNetParams::default() };
-    let loss = DbLoss::new(params).unwrap();
+    let loss = DbLoss::new(params).unwrap().with_fused(false);
     let preds = leaf(&[0.3; 3 * 4], &[1, 3, 2, 2], Kind::Double);
     let zeros = TchTensor::from(tensor(&[0.0; 4], &[1, 2, 2], Kind::Double));
     let ones = TchTensor::from(tensor(&[1.0; 4], &[1, 2, 2], Kind::Double));
@@ -227,7 +241,8 @@ fn a_batch_without_text_gives_a_zero_gradient_through_the_whole_loss() {
 
 #[test]
 fn an_all_zero_threshold_mask_gives_zero_with_zero_gradient() {
-    let loss = DbLoss::new(DbNetParams::default()).unwrap();
+    // Backward from one term: the generic path (see above).
+    let loss = DbLoss::new(DbNetParams::default()).unwrap().with_fused(false);
     let preds = leaf(&[0.4; 3 * 4], &[1, 3, 2, 2], Kind::Double);
     let zeros = TchTensor::from(tensor(&[0.0; 4], &[1, 2, 2], Kind::Double));
     let ones = TchTensor::from(tensor(&[1.0; 4], &[1, 2, 2], Kind::Double));
