@@ -350,7 +350,14 @@ impl Parser {
                     if self.eat(')') {
                         break;
                     }
-                    let digits = self.word();
+                    // The whole entry up to its delimiter, so that `-2` or `2.5` is named as
+                    // written.
+                    let start = self.pos;
+                    while self.peek().is_some_and(|c| !matches!(c, ',' | ')') && !c.is_whitespace())
+                    {
+                        self.pos += 1;
+                    }
+                    let digits: String = self.chars[start..self.pos].iter().collect();
                     // Python 2 era files may write `3L`.
                     let digits = digits.strip_suffix('L').unwrap_or(&digits);
                     let dim = digits.parse::<usize>().map_err(|_| {
@@ -607,6 +614,16 @@ mod tests {
             e.to_string(),
             "dir/x.npy: fortran_order is True; only C-order arrays are supported"
         );
+    }
+
+    #[test]
+    fn a_bad_shape_entry_is_named_as_written() {
+        for (entry, named) in [("-2", "\"-2\""), ("2.5", "\"2.5\"")] {
+            let h =
+                format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({entry}, 3), }}\n");
+            let p = problem(&with_header(1, &h, &[]));
+            assert!(p.to_string().contains(named), "{p}");
+        }
     }
 
     #[test]
