@@ -1,6 +1,6 @@
 //! Input checks shared by the loss crates; each failure names the tensor, index and value.
 
-use crate::backend::{Backend, DType, ValueCheck};
+use crate::backend::{Backend, ValueCheck};
 use crate::error::{unravel_index, LossError, Result};
 
 /// `got` must have exactly the shape of `expected`; no silent broadcasting.
@@ -58,14 +58,6 @@ pub fn values<B: Backend>(what: &str, t: &B, check: ValueCheck, reason: &str) ->
             value,
             reason: reason.into(),
         });
-    }
-    Ok(())
-}
-
-/// The input must be a floating type (the check [`to_compute_type`] makes, without converting).
-pub fn floating<B: Backend>(what: &str, t: &B) -> Result<()> {
-    if t.dtype() == DType::Integer {
-        return Err(LossError::UnsupportedDtype { what: what.into(), dtype: "integer".into() });
     }
     Ok(())
 }
