@@ -5,6 +5,14 @@
 //! Every libtorch call goes through tch's fallible `f_*` functions, so a libtorch failure is a
 //! [`LossError::Backend`], never a panic.
 //!
+//! The fused kernels of `loss-multilabel` and `loss-dbnet` compute a loss and its gradient in
+//! one pass ([`Backend::fused_scalar`]). Their gradient joins autograd through a small C++ node,
+//! `FusedLossBackward` (`csrc/fused_grad.cpp`, compiled by the build script against the same
+//! libtorch): no work in forward, and backward hands the stored gradient on, scaled only when
+//! the incoming gradient is not exactly 1, so `loss.backward()` on a leaf makes the kernel's
+//! buffer the leaf's `.grad` without a copy. A second backward without a retained graph is an
+//! error, as for libtorch's own nodes.
+//!
 //! ```
 //! use loss_tch::{Backend, TchTensor};
 //! use tch::{Kind, Tensor};

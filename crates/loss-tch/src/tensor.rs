@@ -411,15 +411,67 @@ impl Backend for TchTensor {
             .and_then(|t| t.f_reshape([0i64; 0]))
             .and_then(|t| t.f_to_kind(kind))
             .map_err(err)?;
-        if !self.0.requires_grad() {
-            return Ok(Some(Self(out)));
-        }
-        // Attach the kernel's gradient: `d − detach(d)` is exactly 0 in value, and its gradient
-        // with respect to `self` is `grad`, so backward hands `grad` on, scaled by the incoming
-        // gradient, at the cost of one dot product.
-        let d =
-            self.0.f_reshape([-1]).and_then(|x| x.f_dot(&grad.f_reshape([-1])?)).map_err(err)?;
-        let zero = d.f_sub(&d.detach()).map_err(err)?;
-        w(out.f_add(&zero)).map(Some)
+        attach_gradient(out, &self.0, grad).map(|t| Some(Self(t)))
     }
+}
+
+#[cfg(fused_grad_node)]
+mod node {
+    use std::ffi::{c_char, c_int, CStr};
+
+    use tch::Tensor;
+
+    use loss_core::{LossError, Result};
+
+    extern "C" {
+        /// `csrc/fused_grad.cpp`: records `out` as the output of a node whose backward hands
+        /// `grad` on (scaled by the incoming gradient) to `input`'s history.
+        fn losslab_attach_fused_grad(
+            out: *const torch_sys::C_tensor,
+            input: *const torch_sys::C_tensor,
+            grad: *const torch_sys::C_tensor,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+    }
+
+    /// Makes `out` the output of a `FusedLossBackward` node (see `csrc/fused_grad.cpp`): no
+    /// work in forward; backward hands `grad` on, so a leaf adopts it as `.grad` uncopied.
+    pub(super) fn attach_gradient(out: Tensor, input: &Tensor, grad: Tensor) -> Result<Tensor> {
+        let mut message = [0 as c_char; 512];
+        // SAFETY: the three pointers are live tensor handles owned by the callers for the whole
+        // call; the C++ side copies the handles it keeps (reference-counted) and writes at most
+        // `message.len()` bytes, NUL-terminated, into `message`.
+        let status = unsafe {
+            losslab_attach_fused_grad(
+                out.as_ptr(),
+                input.as_ptr(),
+                grad.as_ptr(),
+                message.as_mut_ptr(),
+                message.len(),
+            )
+        };
+        if status != 0 {
+            // SAFETY: on failure the C++ side wrote a NUL-terminated string into `message`.
+            let text = unsafe { CStr::from_ptr(message.as_ptr()) };
+            return Err(LossError::Backend(text.to_string_lossy().into_owned()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(fused_grad_node)]
+use node::attach_gradient;
+
+/// Without the node (platforms where `csrc/fused_grad.cpp` is not built): `d − detach(d)` with
+/// `d = input · grad` is exactly 0 in value and has gradient `grad` with respect to `input`, so
+/// backward hands `grad` on, scaled by the incoming gradient, at the cost of one dot product.
+#[cfg(not(fused_grad_node))]
+fn attach_gradient(out: Tensor, input: &Tensor, grad: Tensor) -> Result<Tensor> {
+    if !input.requires_grad() {
+        return Ok(out);
+    }
+    let d = input.f_reshape([-1]).and_then(|x| x.f_dot(&grad.f_reshape([-1])?)).map_err(err)?;
+    let zero = d.f_sub(&d.detach()).map_err(err)?;
+    out.f_add(&zero).map_err(err)
 }

@@ -14,7 +14,7 @@
 #[path = "../../loss-multilabel/tests/common/mod.rs"]
 mod common;
 
-use common::{assert_close, cases, Case, Tolerance, F32, F64};
+use common::{assert_close, cases, uniforms, Case, Tolerance, F32, F64};
 use loss_core::config::{
     Asymmetric, CbMode, Focal, MultiLabelPreset, NegativeWeight, Ntr, Reweight, ReweightKind,
     WeightNorm,
@@ -43,19 +43,6 @@ const PRESETS: [MultiLabelPreset; 13] = [
     MultiLabelPreset::DbNoFocalPubmed,
     MultiLabelPreset::DbPubmed,
 ];
-
-/// splitmix64 uniforms in [0, 1): reproducible inputs without a random-number crate.
-fn uniforms(seed: u64, n: usize) -> Vec<f64> {
-    (1..=n as u64)
-        .map(|i| {
-            let mut x = (seed << 32).wrapping_add(i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            x ^= x >> 31;
-            (x >> 11) as f64 / (1u64 << 53) as f64
-        })
-        .collect()
-}
 
 /// A long-tailed batch: counts falling as a power law with several classes seen once (from
 /// 117 classes on), targets drawn with those priors, every fourth row without a positive label,

@@ -1,0 +1,172 @@
+//! How a fused loss's gradient reaches autograd (`Backend::fused_scalar` on libtorch): scaled by
+//! the incoming gradient, through non-leaf inputs, next to other terms, with a retained graph,
+//! under `no_grad`, twice without a retained graph (an error, not a wrong gradient), and for
+//! DBNet as for the multi-label losses. The generic path (autograd through the formulas) is
+//! the oracle throughout.
+
+#[path = "../../loss-multilabel/tests/common/mod.rs"]
+mod common;
+
+use common::uniforms;
+use loss_core::config::MultiLabelPreset;
+use loss_core::{Loss, MultiLabelConfig};
+use loss_dbnet::{DbInput, DbLoss};
+use loss_multilabel::{MultiLabelInput, ResampleLoss};
+use loss_tch::TchTensor;
+use tch::{Kind, Tensor};
+
+const N: usize = 6;
+const C: usize = 11;
+
+fn db_loss(fused: bool) -> ResampleLoss {
+    let config = MultiLabelConfig {
+        preset: Some(MultiLabelPreset::Db),
+        class_freq: Some((0..C).map(|k| (40 / (k + 1)) as f64 + 1.0).collect()),
+        train_num: Some(60.0),
+        ..MultiLabelConfig::default()
+    };
+    ResampleLoss::new(config.resolve().unwrap()).unwrap().with_fused(fused)
+}
+
+fn logits() -> Tensor {
+    let z: Vec<f64> = uniforms(1, N * C).iter().map(|u| 10.0 * u - 5.0).collect();
+    Tensor::from_slice(&z).reshape([N as i64, C as i64])
+}
+
+fn targets() -> TchTensor {
+    let y: Vec<f64> = uniforms(2, N * C).iter().map(|&u| f64::from(u8::from(u < 0.3))).collect();
+    TchTensor::from(Tensor::from_slice(&y).reshape([N as i64, C as i64]))
+}
+
+fn loss_of(loss: &ResampleLoss, z: &Tensor) -> Tensor {
+    let z = TchTensor::from(z.shallow_clone());
+    let y = targets();
+    let input = MultiLabelInput { logits: &z, targets: &y, weight: None, avg_factor: None };
+    loss.forward(input).unwrap().loss.into_inner()
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(&t.to_kind(Kind::Double).reshape([-1])).unwrap()
+}
+
+fn assert_close(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = 1e-9 * w.abs() + 1e-13 * scale;
+        assert!((g - w).abs() <= tol, "{what}[{i}]: got {g}, want {w}");
+    }
+}
+
+/// The gradient of `f(loss)` w.r.t. a fresh leaf, for the fused and the generic loss.
+fn both<F: Fn(Tensor, &Tensor) -> Tensor>(f: F) -> (Vec<f64>, Vec<f64>) {
+    let mut grads = Vec::new();
+    for fused in [true, false] {
+        let leaf = logits().set_requires_grad(true);
+        let loss = loss_of(&db_loss(fused), &leaf);
+        f(loss, &leaf).backward();
+        grads.push(values(&leaf.grad()));
+    }
+    let generic = grads.pop().unwrap();
+    (grads.pop().unwrap(), generic)
+}
+
+#[test]
+fn the_incoming_gradient_scales_the_fused_one() {
+    let (fused, generic) = both(|loss, _| loss.f_mul_scalar(-2.5).unwrap());
+    assert_close("grad of -2.5 * loss", &fused, &generic);
+    let (unit, _) = both(|loss, _| loss);
+    assert!(unit.iter().zip(&fused).all(|(u, s)| *s == -2.5 * u), "scaled exactly");
+}
+
+#[test]
+fn the_gradient_flows_through_a_non_leaf_input_and_adds_to_other_terms() {
+    // loss(3·w + 1) + Σ w², through the fused node and through an ordinary graph.
+    let mut grads = Vec::new();
+    for fused in [true, false] {
+        let w = logits().set_requires_grad(true);
+        let z = w.f_mul_scalar(3.0).unwrap().f_add_scalar(1.0).unwrap();
+        let total = loss_of(&db_loss(fused), &z).f_add(&w.square().sum(Kind::Double)).unwrap();
+        total.backward();
+        grads.push(values(&w.grad()));
+    }
+    assert_close("grad w.r.t. w", &grads[0], &grads[1]);
+}
+
+#[test]
+fn a_retained_graph_gives_the_same_gradient_twice() {
+    let leaf = logits().set_requires_grad(true);
+    let loss = loss_of(&db_loss(true), &leaf);
+    let first = Tensor::f_run_backward(&[&loss], &[&leaf], true, false).unwrap();
+    let second = Tensor::f_run_backward(&[&loss], &[&leaf], true, false).unwrap();
+    let (_, generic) = both(|loss, _| loss);
+    assert_close("first", &values(&first[0]), &generic);
+    assert_close("second", &values(&second[0]), &generic);
+}
+
+#[test]
+fn a_second_backward_without_a_retained_graph_is_an_error() {
+    let leaf = logits().set_requires_grad(true);
+    let loss = loss_of(&db_loss(true), &leaf);
+    loss.f_backward().unwrap();
+    let err = loss.f_backward().expect_err("second backward");
+    assert!(err.to_string().contains("second time"), "{err}");
+    // The first gradient is untouched.
+    let (_, generic) = both(|loss, _| loss);
+    assert_close("grad after the failed call", &values(&leaf.grad()), &generic);
+}
+
+#[test]
+fn no_graph_is_recorded_without_grad_mode_or_without_an_input_that_requires_it() {
+    let leaf = logits().set_requires_grad(true);
+    let loss = tch::no_grad(|| loss_of(&db_loss(true), &leaf));
+    assert!(!loss.requires_grad());
+    let plain = loss_of(&db_loss(true), &logits());
+    assert!(!plain.requires_grad());
+    let tracked = loss_of(&db_loss(true), &leaf);
+    assert!(tracked.requires_grad());
+    assert_eq!(tracked.double_value(&[]), plain.double_value(&[]));
+}
+
+#[test]
+fn create_graph_keeps_the_incoming_gradient_differentiable() {
+    // d/ds of (∂(s · loss)/∂z · 1) summed is Σ ∂loss/∂z: the node's backward is linear in the
+    // incoming gradient, and that link stays in the graph with `create_graph`.
+    let leaf = logits().set_requires_grad(true);
+    let s = Tensor::from(1.75f64).set_requires_grad(true);
+    let loss = loss_of(&db_loss(true), &leaf).f_mul(&s).unwrap();
+    let g = Tensor::f_run_backward(&[&loss], &[&leaf], true, true).unwrap();
+    let ds = Tensor::f_run_backward(&[&g[0].sum(Kind::Double)], &[&s], false, false).unwrap();
+    let (_, generic) = both(|loss, _| loss);
+    let want: f64 = generic.iter().sum();
+    assert_close("d/ds", &values(&ds[0]), &[want]);
+    let scaled: Vec<f64> = generic.iter().map(|g| 1.75 * g).collect();
+    assert_close("grad", &values(&g[0]), &scaled);
+}
+
+#[test]
+fn dbnet_gradients_reach_preds_scaled_through_the_node() {
+    let (n, h, w) = (2i64, 12i64, 10i64);
+    let p = (n * h * w) as usize;
+    let u = |seed| Tensor::from_slice(&uniforms(seed, p)).reshape([n, h, w]);
+    let binary = |seed| u(seed).lt(0.35).to_kind(Kind::Double);
+    let preds_values: Vec<f64> = uniforms(10, 3 * p).iter().map(|v| 0.02 + 0.96 * v).collect();
+    let mut grads = Vec::new();
+    for fused in [true, false] {
+        let preds = Tensor::from_slice(&preds_values).reshape([n, 3, h, w]).set_requires_grad(true);
+        let maps = [binary(11), binary(12), u(13), binary(14)].map(TchTensor::from);
+        let p = TchTensor::from(preds.shallow_clone());
+        let input = DbInput {
+            preds: &p,
+            gt_shrink: &maps[0],
+            gt_shrink_mask: &maps[1],
+            gt_thr: &maps[2],
+            gt_thr_mask: &maps[3],
+        };
+        let loss = DbLoss::new(Default::default()).unwrap().with_fused(fused);
+        let out = loss.forward(input).unwrap();
+        out.loss.f_mul_scalar(0.5).unwrap().backward();
+        grads.push(values(&preds.grad()));
+    }
+    assert_close("dbnet grad of 0.5 * loss", &grads[0], &grads[1]);
+}
