@@ -27,6 +27,7 @@ pub mod backend;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod fastmath;
 pub mod loss;
 #[cfg(feature = "ndarray")]
 pub mod ndarray_backend;

@@ -24,8 +24,8 @@
 //! most 256 KiB), and the candidates of the k-th bucket are a small buffer of negative losses
 //! (all the negatives only when they share one value). The loops work on 64 pixels at a time in
 //! branch-free code that the compiler vectorises (compiled for AVX2 as well, chosen at run time);
-//! f32 logarithms and exponentials are vectorisable polynomials within 1 ulp (see [`ln_f32`],
-//! [`exp_f32`]), f64 uses the standard library's.
+//! f32 logarithms and exponentials are the vectorisable polynomials of [`loss_core::fastmath`]
+//! ([`ln_f32`] within 1 ulp, [`exp_nonpositive`] within a few), f64 uses the standard library's.
 //!
 //! # Ties
 //! The sum of the k largest is exact: `Σ(v > kth) + (k − count_greater)·kth`. The gradient goes
@@ -46,6 +46,7 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Mutex;
 
 use loss_core::error::unravel_index;
+use loss_core::fastmath::{exp_nonpositive, ln_f32, Separate};
 use loss_core::{Backend, HostData, HostDataMut, LossError, LossOutput, Result};
 
 use crate::{BalancedBce, ProbInput, ProbLoss};
@@ -125,67 +126,6 @@ fn order_key(bits: u32) -> u32 {
     bits ^ (negative | 0x8000_0000)
 }
 
-/// `ln x` for f32 in straight-line code the compiler vectorises: Cephes' `logf` (range
-/// reduction to `[√½, √2)`, a degree-9 polynomial, `ln 2` split in two parts), with subnormals
-/// rescaled by 2²³; 0 gives −∞, negative values NaN, +∞ and NaN themselves. Checked against f64
-/// `ln` over every third f32 in (0, 1] (3.5·10⁸ values): within 0.68 ulp.
-#[inline(always)]
-fn ln_f32(x: f32) -> f32 {
-    let sub = x < f32::MIN_POSITIVE;
-    let xs = if sub { x * 8_388_608.0 } else { x };
-    let bits = xs.to_bits();
-    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
-    let big = m > std::f32::consts::SQRT_2;
-    let f = if big { m * 0.5 } else { m } - 1.0;
-    let e = ((bits >> 23) as i32 - 127 + i32::from(big)) as f32 - if sub { 23.0 } else { 0.0 };
-    let z = f * f;
-    let mut y = 7.037_683_6e-2_f32;
-    y = y * f - 1.151_461_1e-1;
-    y = y * f + 1.167_699_9e-1;
-    y = y * f - 1.242_014_1e-1;
-    y = y * f + 1.424_932_3e-1;
-    y = y * f - 1.666_805_8e-1;
-    y = y * f + 2.000_071_4e-1;
-    y = y * f - 2.499_999_4e-1;
-    y = y * f + 3.333_333e-1;
-    y = y * f * z - 2.121_944_4e-4 * e - 0.5 * z;
-    let r = f + y + 0.693_359_4 * e;
-    if x == 0.0 {
-        f32::NEG_INFINITY
-    } else if x < 0.0 {
-        f32::NAN
-    } else if x < f32::INFINITY {
-        r
-    } else {
-        x
-    }
-}
-
-/// `eˣ` for f32, `x ≤ 0`, in vectorisable straight-line code: Cephes' `expf` (rounding to the
-/// nearest multiple of `ln 2` by the 1.5·2²³ trick, a degree-5 polynomial). Below −87.34, where
-/// the result would be subnormal, it gives 0. Checked against f64 `exp` over every third f32 in
-/// [−87.3, 0]: within 0.79 ulp.
-#[inline(always)]
-fn exp_f32(x: f32) -> f32 {
-    let under = x < -87.336_54;
-    let x = if under { -87.336_54 } else { x };
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let mut y = 1.987_569_1e-4_f32;
-    y = y * r + 1.398_199_9e-3;
-    y = y * r + 8.333_452e-3;
-    y = y * r + 4.166_579_6e-2;
-    y = y * r + 1.666_666_5e-1;
-    y = y * r + 0.5;
-    y = y * (r * r) + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    if under {
-        0.0
-    } else {
-        y * scale
-    }
-}
-
 impl Real for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
@@ -225,7 +165,7 @@ impl Real for f32 {
     }
     #[inline(always)]
     fn exp_lanes(x: &Lane<Self>) -> Lane<Self> {
-        lanes(|j| exp_f32(x[j]))
+        lanes(|j| exp_nonpositive::<f32, Separate>(x[j]))
     }
     fn host(data: HostData<'_>) -> Option<&[Self]> {
         match data {
@@ -1249,42 +1189,6 @@ fn forward_in<T: Real, B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `|got − want|` in units of the last place of `want` rounded to f32.
-    fn ulps(got: f32, want: f64) -> f64 {
-        let ulp = f64::from((want as f32).abs() * f32::EPSILON).max(f64::from(f32::MIN_POSITIVE));
-        (f64::from(got) - want).abs() / ulp
-    }
-
-    #[test]
-    fn ln_f32_is_within_one_ulp() {
-        // Every 97th f32 in (0, 1] and in (1, 2^20], subnormals included.
-        let mut worst = 0.0f64;
-        for bits in (1..=0x4980_0000u32).step_by(97) {
-            let x = f32::from_bits(bits);
-            worst = worst.max(ulps(ln_f32(x), f64::from(x).ln()));
-        }
-        assert!(worst < 1.0, "{worst} ulp");
-        assert_eq!(ln_f32(0.0), f32::NEG_INFINITY);
-        assert_eq!(ln_f32(1.0), 0.0);
-        assert_eq!(ln_f32(f32::INFINITY), f32::INFINITY);
-        assert!(ln_f32(f32::NAN).is_nan() && ln_f32(-0.5).is_nan());
-        // The smallest subnormal: ln(2^-149) = −103.28, past PyTorch's clamp at −100.
-        assert!((ln_f32(f32::from_bits(1)) - (-103.278_93)).abs() < 1e-4);
-    }
-
-    #[test]
-    fn exp_f32_is_within_one_ulp() {
-        let mut worst = 0.0f64;
-        for bits in (0x8000_0000..=0xc2ae_0000u32).step_by(97) {
-            let x = f32::from_bits(bits);
-            worst = worst.max(ulps(exp_f32(x), f64::from(x).exp()));
-        }
-        assert!(worst < 1.0, "{worst} ulp");
-        assert_eq!(exp_f32(0.0), 1.0);
-        assert_eq!(exp_f32(-100.0), 0.0);
-        assert!(exp_f32(f32::NAN).is_nan());
-    }
 
     #[test]
     fn keys_follow_total_order() {

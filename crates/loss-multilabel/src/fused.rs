@@ -22,8 +22,8 @@
 //! with a clip keeps its own negative branch (see [`Focus::Clipped`]).
 //!
 //! Elements are evaluated in the precision of the data (f32 or f64, as the generic path does,
-//! with [`crate::fastmath`]'s vectorisable functions); sums are accumulated in f64 whatever the
-//! type. Rows are processed in fixed blocks of whole rows; blocks run on rayon's pool and their
+//! with the vectorisable functions of [`loss_core::fastmath`]); sums are accumulated in f64
+//! whatever the type. Rows are processed in fixed blocks of whole rows; blocks run on rayon's pool and their
 //! sums are added in block order, so the result does not depend on the number of threads.
 //! Within a row, losses are buffered per tile of 64 elements and added into eight f64 lanes, so
 //! the element loop itself has no reduction and vectorises.
@@ -33,8 +33,8 @@ use loss_core::validate;
 use loss_core::{Backend, HostData, HostDataMut, LossError, MultiLabelParams, Reduction, Result};
 use rayon::prelude::*;
 
-use crate::fastmath::{self, Lane, MulAdd, Separate};
 use crate::resample::{MultiLabelInput, ResampleLoss};
+use loss_core::fastmath::{self, Lane, MulAdd, Separate};
 
 /// Rows per block are chosen so that a block holds about this many elements: large enough to
 /// amortise a task, small enough that moderate batches still spread over the threads. Fixed,

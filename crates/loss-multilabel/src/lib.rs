@@ -45,7 +45,6 @@
 
 mod asymmetric;
 mod bce;
-mod fastmath;
 mod focal;
 mod fused;
 mod ntr;
