@@ -41,12 +41,11 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::ops::{Add, Div, Mul, Neg, Sub};
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Mutex;
 
 use loss_core::error::unravel_index;
-use loss_core::fastmath::{exp_nonpositive, ln_f32, Separate};
+use loss_core::fastmath::{self, exp_nonpositive, ln_f32, Separate};
 use loss_core::{Backend, HostData, HostDataMut, LossError, LossOutput, Result};
 
 use crate::{BalancedBce, ProbInput, ProbLoss};
@@ -70,25 +69,11 @@ const L: usize = 64;
 /// A few pixels' values of one map.
 type Lane<T> = [T; L];
 
-/// The element types the kernel runs in.
-pub(crate) trait Real:
-    Copy
-    + Default
-    + Send
-    + Sync
-    + PartialOrd
-    + Add<Output = Self>
-    + Sub<Output = Self>
-    + Mul<Output = Self>
-    + Div<Output = Self>
-    + Neg<Output = Self>
-    + 'static
-{
+/// The element types the kernel runs in: the shared arithmetic of [`fastmath::Lane`] (constants
+/// `T::c`, `to_f64`, `abs`) and what the DBNet kernel adds.
+pub(crate) trait Real: fastmath::Lane + Default + 'static {
     const ZERO: Self;
     const ONE: Self;
-    fn of(v: f64) -> Self;
-    fn f(self) -> f64;
-    fn abs(self) -> Self;
     fn is_nan(self) -> bool;
     fn total_cmp(&self, other: &Self) -> Ordering;
     /// A 32-bit key, non-decreasing in the value in the order of `total_cmp`; the histogram
@@ -129,17 +114,6 @@ fn order_key(bits: u32) -> u32 {
 impl Real for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
-    fn of(v: f64) -> Self {
-        v as f32
-    }
-    #[inline(always)]
-    fn f(self) -> f64 {
-        f64::from(self)
-    }
-    #[inline(always)]
-    fn abs(self) -> Self {
-        f32::abs(self)
-    }
     #[inline(always)]
     fn is_nan(self) -> bool {
         f32::is_nan(self)
@@ -186,17 +160,6 @@ impl Real for f32 {
 impl Real for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
-    fn of(v: f64) -> Self {
-        v
-    }
-    #[inline(always)]
-    fn f(self) -> f64 {
-        self
-    }
-    #[inline(always)]
-    fn abs(self) -> Self {
-        f64::abs(self)
-    }
     #[inline(always)]
     fn is_nan(self) -> bool {
         f64::is_nan(self)
@@ -389,7 +352,7 @@ impl<'a, T: Real> Pixels<'a, T> {
     fn get(v: &Views<'a, T>, at: usize, pad: &'a mut Pad<T>) -> Self {
         let zero = T::ZERO;
         Pixels {
-            p: chunk(v.p, at, T::of(0.5), &mut pad.p),
+            p: chunk(v.p, at, T::c(0.5), &mut pad.p),
             t: chunk(v.t, at, zero, &mut pad.t),
             b: chunk(v.b, at, zero, &mut pad.b),
             gs: chunk(v.gs, at, zero, &mut pad.gs),
@@ -413,7 +376,7 @@ fn prob_lanes<T: Real, const MODE: u8>(x: &Lane<T>, gf: &Lane<T>) -> (Lane<T>, L
         BCE_PROBABILITY => {
             // ℓ = −max(ln q, −100) with q the probability of the target class; the gradient
             // vanishes where the logarithm is clamped (q = 0 included), as in the generic path.
-            let clamp = T::of(LOG_CLAMP);
+            let clamp = T::c(LOG_CLAMP);
             let q: Lane<T> = lanes(|j| {
                 let (on, off) = (x[j], one - x[j]);
                 if gf[j] != zero {
@@ -564,7 +527,7 @@ fn add<T: Real>(acc: &mut [f64; W], x: &Lane<T>) {
         *v = a[j] + a[j + 2 * W];
     }
     for (j, v) in acc.iter_mut().enumerate() {
-        *v += (b[j] + b[j + W]).f();
+        *v += (b[j] + b[j + W]).to_f64();
     }
 }
 
@@ -654,7 +617,7 @@ fn read_block_impl<T: Real, const MODE: u8>(
 
     // The first probability outside [0, 1], found again only when there is one.
     let first_bad = if bad {
-        v.p.iter().position(|&p| p < zero || p > one || p.is_nan()).map(|i| (i, v.p[i].f()))
+        v.p.iter().position(|&p| p < zero || p > one || p.is_nan()).map(|i| (i, v.p[i].to_f64()))
     } else {
         None
     };
@@ -705,9 +668,9 @@ fn write_block_impl<T: Real, const MODE: u8>(
     let v = maps.views(block.pixel, block.elem, n)?;
     let [g0, g1, g2] = &mut block.grad;
     let zero = T::ZERO;
-    let (c, thr) = (T::of(s.bce), T::of(s.thr));
-    let (pa, pc) = (T::of(s.p_dice.0), T::of(s.p_dice.1));
-    let (ba, bc) = (T::of(s.b_dice.0), T::of(s.b_dice.1));
+    let (c, thr) = (T::c(s.bce), T::c(s.thr));
+    let (pa, pc) = (T::c(s.p_dice.0), T::c(s.p_dice.1));
+    let (ba, bc) = (T::c(s.b_dice.0), T::c(s.b_dice.1));
     // Keys are bucket + 1, and 0 outside the pool, which is thus never taken.
     let (kth, shift) = (s.kth, s.shift);
 
@@ -1075,13 +1038,13 @@ fn settle<T: Real>(
         .filter(|(_, v, _)| v.total_cmp(&kth) == Ordering::Greater)
         .count() as u64;
     let mut ties_left = wanted.saturating_sub(greater);
-    let mut sum = ties_left as f64 * kth.f();
-    let c = T::of(scale);
+    let mut sum = ties_left as f64 * kth.to_f64();
+    let c = T::c(scale);
     for (block, (_, candidates)) in blocks.iter_mut().zip(written) {
         for &(offset, v, w) in candidates {
             let take = match v.total_cmp(&kth) {
                 Ordering::Greater => {
-                    sum += v.f();
+                    sum += v.to_f64();
                     true
                 }
                 Ordering::Equal if ties_left > 0 => {
@@ -1120,7 +1083,7 @@ fn host_map<'a, T: Real, B: Backend>(map: &'a B) -> Result<Cow<'a, [T]>> {
     if let Some(values) = map.host_data().and_then(T::host) {
         return Ok(Cow::Borrowed(values));
     }
-    Ok(Cow::Owned(map.to_vec_f64()?.into_iter().map(T::of).collect()))
+    Ok(Cow::Owned(map.to_vec_f64()?.into_iter().map(T::c).collect()))
 }
 
 /// The DBNet loss through [`Backend::fused_scalar`]: `Ok(None)` when the backend declines.
