@@ -19,6 +19,9 @@
 //!   forward + backward on a fresh leaf holding the same values;
 //! - the loss value and `Σ |∂loss/∂input|` of the last step, to check both computed the same.
 //!
+//! `--run-case NAME --stages` runs our side of one case alone and adds where its step's time
+//! goes: forward on a leaf that needs no gradient, forward on one that does, backward alone.
+//!
 //! The driver prints a Markdown table `case | ours (ms) | pytorch (ms) | speed-up | …`, then
 //! the values of both sides with their relative differences.
 
@@ -27,6 +30,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use losslab::core::config::MultiLabelPreset;
+use losslab::core::sample::uniforms as uniform;
 use losslab::core::MultiLabelConfig;
 use losslab::multilabel::{MultiLabelInput, ResampleLoss};
 use losslab::tch_backend::tch::{self, Kind, Tensor};
@@ -35,8 +39,9 @@ use losslab::Loss;
 
 type AnyResult<T> = Result<T, Box<dyn Error>>;
 
-/// One forward + backward; returns the loss and the leaf that received the gradient.
-type Step = Box<dyn FnMut() -> AnyResult<(Tensor, Tensor)>>;
+/// One forward on a fresh leaf (requiring grad when the flag says so); returns the loss and the
+/// leaf.
+type Step = Box<dyn FnMut(bool) -> AnyResult<(Tensor, Tensor)>>;
 
 /// A named case: builds its inputs and returns its step.
 struct Case {
@@ -72,12 +77,6 @@ fn cases() -> Vec<Case> {
         Case { name: "db 32x18211", setup: || multilabel_case(MultiLabelPreset::Db, 32, 18211) },
         Case { name: "db 256x18211", setup: || multilabel_case(MultiLabelPreset::Db, 256, 18211) },
     ];
-    // DBNET CASES
-    //
-    // For the DBNet helper: register "dbnet 2x160x160" and "dbnet 8x640x640" here, e.g.
-    //     cases.push(Case { name: "dbnet 2x160x160", setup: || dbnet_case(2, 160, 160) });
-    // with `dbnet_case` a function of its own below the marker at the end of this file, building
-    // the same inputs as `dbnet_case` in benches/compare/reference.py (use `uniform`).
     cases.push(Case { name: "dbnet 2x160x160", setup: || dbnet_case(2, 160, 160) });
     cases.push(Case { name: "dbnet 8x640x640", setup: || dbnet_case(8, 640, 640) });
     cases
@@ -85,22 +84,6 @@ fn cases() -> Vec<Case> {
 
 // ------------------------------------------------------------------------------------------
 // Inputs, bit for bit those of benches/compare/reference.py.
-
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// `n` uniforms in `[0, 1)` from splitmix64 over the counter `seed · 2^32 + i + 1`, with 53
-/// random bits each.
-fn uniform(seed: u64, n: usize) -> Vec<f64> {
-    (1..=n as u64)
-        .map(|i| {
-            let mut x = (seed << 32).wrapping_add(i).wrapping_mul(GOLDEN);
-            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            x ^= x >> 31;
-            (x >> 11) as f64 * 2f64.powi(-53)
-        })
-        .collect()
-}
 
 /// Class counts falling like a power law (about 1.2 labels per document), and `N_train`.
 fn long_tail(classes: usize) -> (Vec<f64>, f64) {
@@ -139,11 +122,10 @@ fn multilabel_case(preset: MultiLabelPreset, n: usize, classes: usize) -> AnyRes
         ..MultiLabelConfig::default()
     };
     let loss = ResampleLoss::from_config(&config)?;
-    Ok(Box::new(move || {
-        let leaf = z.f_detach()?.set_requires_grad(true);
+    Ok(Box::new(move |track| {
+        let leaf = z.f_detach()?.set_requires_grad(track);
         let logits = TchTensor::from(leaf.shallow_clone());
         let out = loss.forward(MultiLabelInput::new(&logits, &y))?;
-        out.loss.f_backward()?;
         Ok((out.loss.into_inner(), leaf))
     }))
 }
@@ -166,7 +148,26 @@ fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-fn run_case(name: &str, threads: usize) -> AnyResult<()> {
+/// Forward + backward on a fresh leaf: the step both sides time.
+fn full_step(step: &mut Step) -> AnyResult<(Tensor, Tensor)> {
+    let (loss, leaf) = step(true)?;
+    loss.f_backward()?;
+    Ok((loss, leaf))
+}
+
+/// The median of `repeats` timings of `f`, in ms.
+fn median_ms(repeats: usize, mut f: impl FnMut() -> AnyResult<()>) -> AnyResult<f64> {
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(1e3 * times[times.len() / 2])
+}
+
+fn run_case(name: &str, threads: usize, stages: bool) -> AnyResult<()> {
     tch::set_num_threads(threads as i32);
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
     let case = cases()
@@ -177,36 +178,56 @@ fn run_case(name: &str, threads: usize) -> AnyResult<()> {
 
     let base = status_kb("VmRSS")?;
     let peak_kb = if reset_peak() {
-        let kept = step()?;
+        let kept = full_step(&mut step)?;
         let peak = status_kb("VmHWM")? - base;
         drop(kept);
         peak
     } else {
-        drop(step()?);
+        drop(full_step(&mut step)?);
         -1
     };
 
     for _ in 0..3 {
-        drop(step()?);
+        drop(full_step(&mut step)?);
     }
     let start = Instant::now();
-    drop(step()?);
+    drop(full_step(&mut step)?);
     let estimate = start.elapsed().as_secs_f64();
     let repeats = ((1.5 / estimate.max(1e-6)) as usize).clamp(5, 2000);
-    let mut times = Vec::with_capacity(repeats);
     let mut last = None;
-    for _ in 0..repeats {
-        let start = Instant::now();
-        let out = step()?;
-        times.push(start.elapsed().as_secs_f64());
-        last = Some(out);
-    }
+    let median = median_ms(repeats, || {
+        last = Some(full_step(&mut step)?);
+        Ok(())
+    })?;
     let (loss, leaf) = last.ok_or("no step ran")?;
     let value = loss.f_to_kind(Kind::Double)?.f_double_value(&[])?;
     let grad_l1 = leaf.grad().f_abs()?.f_sum(Kind::Double)?.f_double_value(&[])?;
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    println!("RESULT\t{name}\t{:.6}\t{peak_kb}\t{value:?}\t{grad_l1:?}\t{repeats}", 1e3 * median);
+    println!("RESULT\t{name}\t{median:.6}\t{peak_kb}\t{value:?}\t{grad_l1:?}\t{repeats}");
+
+    if stages {
+        // The same step cut in three: forward on a leaf that needs no gradient (the kernel and
+        // the scalar), forward on one that does (adds the gradient buffer's use and the graph
+        // node), and the backward call alone.
+        let untracked = median_ms(repeats, || step(false).map(drop))?;
+        let tracked = median_ms(repeats, || step(true).map(drop))?;
+        let mut pending = Vec::with_capacity(repeats);
+        for _ in 0..repeats {
+            pending.push(step(true)?);
+        }
+        let mut backward_times = Vec::with_capacity(repeats);
+        for (loss, leaf) in pending {
+            let start = Instant::now();
+            loss.f_backward()?;
+            backward_times.push(start.elapsed().as_secs_f64());
+            drop((loss, leaf));
+        }
+        backward_times.sort_by(f64::total_cmp);
+        let backward = 1e3 * backward_times[backward_times.len() / 2];
+        println!(
+            "STAGES\t{name}\tforward, no grad {untracked:.3} ms\tforward {tracked:.3} ms\t\
+             backward {backward:.3} ms\tstep {median:.3} ms"
+        );
+    }
     Ok(())
 }
 
@@ -285,6 +306,7 @@ struct Args {
     threads: usize,
     only: Vec<String>,
     run_case: Option<String>,
+    stages: bool,
 }
 
 fn parse_args() -> AnyResult<Args> {
@@ -294,6 +316,7 @@ fn parse_args() -> AnyResult<Args> {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         only: Vec::new(),
         run_case: None,
+        stages: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -304,6 +327,7 @@ fn parse_args() -> AnyResult<Args> {
             "--threads" => args.threads = value()?.parse()?,
             "--case" => args.only.push(value()?),
             "--run-case" => args.run_case = Some(value()?),
+            "--stages" => args.stages = true,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -313,7 +337,7 @@ fn parse_args() -> AnyResult<Args> {
 fn main() -> AnyResult<()> {
     let args = parse_args()?;
     if let Some(name) = &args.run_case {
-        return run_case(name, args.threads);
+        return run_case(name, args.threads, args.stages);
     }
 
     let exe = std::env::current_exe()?;
@@ -395,8 +419,6 @@ fn main() -> AnyResult<()> {
     Ok(())
 }
 
-// DBNET CASES (functions): the DBNet helper's case functions go below this line.
-
 /// The maps of `dbnet_inputs` in benches/compare/reference.py, bit for bit: `n` f32 images of
 /// `h × w` per map, `f` applied to the uniforms in f64, then rounded.
 fn dbnet_map(
@@ -432,8 +454,8 @@ fn dbnet_case(n: usize, h: usize, w: usize) -> AnyResult<Step> {
     let preset = DbNetConfig { preset: Some(DbNetPreset::Dbnet), ..DbNetConfig::default() };
     let threads = usize::try_from(tch::get_num_threads()).unwrap_or(0);
     let loss = DbLoss::from_config(&preset)?.with_threads(threads);
-    Ok(Box::new(move || {
-        let leaf = preds.f_detach()?.set_requires_grad(true);
+    Ok(Box::new(move |track| {
+        let leaf = preds.f_detach()?.set_requires_grad(track);
         let p = TchTensor::from(leaf.shallow_clone());
         let out = loss.forward(DbInput {
             preds: &p,
@@ -442,7 +464,6 @@ fn dbnet_case(n: usize, h: usize, w: usize) -> AnyResult<Step> {
             gt_thr: &gt_thr,
             gt_thr_mask: &gt_thr_mask,
         })?;
-        out.loss.f_backward()?;
         Ok((out.loss.into_inner(), leaf))
     }))
 }

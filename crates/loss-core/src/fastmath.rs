@@ -326,6 +326,47 @@ pub fn ln_f32(x: f32) -> f32 {
     }
 }
 
+/// The instruction sets the fused kernels' element loops are compiled for; each kernel wraps
+/// its loop body in one `#[target_feature]` function per set and picks one per call.
+///
+/// Within a kernel, every set computes the same operations in the same order, so the results
+/// depend on the set only through [`MulAdd`]: a kernel that uses [`Fused`] under
+/// [`Simd::Avx2`] and [`Simd::Avx512`] gets the same bits from both, and [`Separate`]'s under
+/// [`Simd::Baseline`] (the kernels' tests hold them to that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Simd {
+    /// The target's baseline (SSE2 on x86-64).
+    Baseline,
+    /// AVX2 with fused multiply-add (x86-64).
+    Avx2,
+    /// AVX-512 (F, VL, DQ, BW) with AVX2 and fused multiply-add (x86-64): 16 f32 lanes and 32
+    /// vector registers.
+    Avx512,
+}
+
+impl Simd {
+    /// The widest set the running CPU supports.
+    pub fn detect() -> Self {
+        Self::available().pop().unwrap_or(Simd::Baseline)
+    }
+
+    /// Every set the running CPU supports, plainest first ([`Simd::Baseline`] always).
+    pub fn available() -> Vec<Self> {
+        let mut sets = vec![Simd::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                sets.push(Simd::Avx2);
+                if has!("avx512f") && has!("avx512vl") && has!("avx512dq") && has!("avx512bw") {
+                    sets.push(Simd::Avx512);
+                }
+            }
+        }
+        sets
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,6 +467,14 @@ mod tests {
                 assert!(rel(f64::from(q), 1.0 / (1.0 + want_e)) <= 4.0 * eps, "q({a32})");
             }
         }
+    }
+
+    #[test]
+    fn simd_sets_are_ordered_and_the_widest_is_detected() {
+        let sets = Simd::available();
+        assert_eq!(sets[0], Simd::Baseline);
+        assert!(sets.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(Simd::detect(), *sets.last().unwrap());
     }
 
     #[test]

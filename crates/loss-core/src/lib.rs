@@ -31,6 +31,7 @@ pub mod fastmath;
 pub mod loss;
 #[cfg(feature = "ndarray")]
 pub mod ndarray_backend;
+pub mod sample;
 pub mod stats;
 pub mod validate;
 

@@ -23,9 +23,10 @@
 //! Nothing full-size is allocated besides the gradient itself: each thread holds a histogram (at
 //! most 256 KiB), and the candidates of the k-th bucket are a small buffer of negative losses
 //! (all the negatives only when they share one value). The loops work on 64 pixels at a time in
-//! branch-free code that the compiler vectorises (compiled for AVX2 as well, chosen at run time);
-//! f32 logarithms and exponentials are the vectorisable polynomials of [`loss_core::fastmath`]
-//! ([`ln_f32`] within 1 ulp, [`exp_nonpositive`] within a few), f64 uses the standard library's.
+//! branch-free code that the compiler vectorises (compiled for AVX2 and AVX-512 as well, chosen
+//! at run time, with the same bits from each); f32 logarithms and exponentials are the
+//! vectorisable polynomials of [`loss_core::fastmath`] ([`ln_f32`] within 1 ulp,
+//! [`exp_nonpositive`] within a few), f64 uses the standard library's.
 //!
 //! # Ties
 //! The sum of the k largest is exact: `Σ(v > kth) + (k − count_greater)·kth`. The gradient goes
@@ -45,7 +46,7 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Mutex;
 
 use loss_core::error::unravel_index;
-use loss_core::fastmath::{self, exp_nonpositive, ln_f32, Separate};
+use loss_core::fastmath::{self, exp_nonpositive, ln_f32, Separate, Simd};
 use loss_core::{Backend, HostData, HostDataMut, LossError, LossOutput, Result};
 
 use crate::{BalancedBce, ProbInput, ProbLoss};
@@ -726,34 +727,24 @@ fn write_block_impl<T: Real, const MODE: u8>(
     Ok((total(&above), candidates))
 }
 
-/// Whether the running CPU has AVX2: the block loops are then compiled for it as well. The
-/// results are the same bit for bit (no fused multiply-add: every operation rounds as in the
-/// baseline build), only wider vectors.
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Pass 1 over one block ([`read_block_impl`]), with AVX2 when `avx2`.
+/// Pass 1 over one block ([`read_block_impl`]), compiled for `simd`. Every set gives the same
+/// bits: the loops use no fused multiply-add, so each operation rounds as in the baseline build;
+/// wider sets only process more pixels per instruction.
 fn read_block<T: Real, const MODE: u8>(
-    avx2: bool,
+    simd: Simd,
     maps: &Maps<'_, T>,
     block: &Block<'_, T>,
     hist: &mut Histogram,
 ) -> Result<Partial> {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` comes from `has_avx2`: the running CPU supports AVX2.
-        return unsafe { read_block_avx2::<T, MODE>(maps, block, hist) };
+    match simd {
+        // SAFETY (both arms): `simd` comes from `Simd::available`/`Simd::detect`, which found
+        // the set's features on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { read_block_avx512::<T, MODE>(maps, block, hist) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { read_block_avx2::<T, MODE>(maps, block, hist) },
+        _ => read_block_impl::<T, MODE>(maps, block, hist),
     }
-    let _ = avx2;
-    read_block_impl::<T, MODE>(maps, block, hist)
 }
 
 /// [`read_block_impl`] compiled for AVX2.
@@ -770,20 +761,35 @@ unsafe fn read_block_avx2<T: Real, const MODE: u8>(
     read_block_impl::<T, MODE>(maps, block, hist)
 }
 
-/// Pass 3 over one block ([`write_block_impl`]), with AVX2 when `avx2`.
+/// [`read_block_impl`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, VL, DQ and BW, and AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2")]
+unsafe fn read_block_avx512<T: Real, const MODE: u8>(
+    maps: &Maps<'_, T>,
+    block: &Block<'_, T>,
+    hist: &mut Histogram,
+) -> Result<Partial> {
+    read_block_impl::<T, MODE>(maps, block, hist)
+}
+
+/// Pass 3 over one block ([`write_block_impl`]), compiled for `simd` (same bits for every set).
 fn write_block<T: Real, const MODE: u8>(
-    avx2: bool,
+    simd: Simd,
     maps: &Maps<'_, T>,
     block: &mut Block<'_, T>,
     s: &Scales,
 ) -> Result<(f64, Vec<Candidate<T>>)> {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` comes from `has_avx2`: the running CPU supports AVX2.
-        return unsafe { write_block_avx2::<T, MODE>(maps, block, s) };
+    match simd {
+        // SAFETY (both arms): as in `read_block`.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { write_block_avx512::<T, MODE>(maps, block, s) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { write_block_avx2::<T, MODE>(maps, block, s) },
+        _ => write_block_impl::<T, MODE>(maps, block, s),
     }
-    let _ = avx2;
-    write_block_impl::<T, MODE>(maps, block, s)
 }
 
 /// [`write_block_impl`] compiled for AVX2.
@@ -793,6 +799,20 @@ fn write_block<T: Real, const MODE: u8>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn write_block_avx2<T: Real, const MODE: u8>(
+    maps: &Maps<'_, T>,
+    block: &mut Block<'_, T>,
+    s: &Scales,
+) -> Result<(f64, Vec<Candidate<T>>)> {
+    write_block_impl::<T, MODE>(maps, block, s)
+}
+
+/// [`write_block_impl`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, VL, DQ and BW, and AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2")]
+unsafe fn write_block_avx512<T: Real, const MODE: u8>(
     maps: &Maps<'_, T>,
     block: &mut Block<'_, T>,
     s: &Scales,
@@ -868,6 +888,7 @@ fn poisoned() -> LossError {
 /// The value and gradient of the DBNet loss. `preds` `[n, 3, h, w]`, targets `[n, h, w]`,
 /// `grad` like `preds` (fully overwritten).
 fn compute<T: Real>(
+    simd: Simd,
     settings: &Settings,
     maps: &Maps<'_, T>,
     (n, h, w): (usize, usize, usize),
@@ -900,7 +921,6 @@ fn compute<T: Real>(
         }
     }
     let threads = settings.threads(pixels, blocks.len());
-    let avx2 = has_avx2();
     let mode = settings.mode();
     let mining = matches!(mode, BCE_PROBABILITY | BCE_LOGITS);
 
@@ -915,10 +935,10 @@ fn compute<T: Real>(
         threads,
         || Histogram { counts: vec![0; if mining { buckets } else { 0 }], shift },
         |hist, block| match mode {
-            BCE_PROBABILITY => read_block::<T, BCE_PROBABILITY>(avx2, maps, block, hist),
-            BCE_LOGITS => read_block::<T, BCE_LOGITS>(avx2, maps, block, hist),
-            DICE_PROBABILITY => read_block::<T, DICE_PROBABILITY>(avx2, maps, block, hist),
-            _ => read_block::<T, DICE_LOGITS>(avx2, maps, block, hist),
+            BCE_PROBABILITY => read_block::<T, BCE_PROBABILITY>(simd, maps, block, hist),
+            BCE_LOGITS => read_block::<T, BCE_LOGITS>(simd, maps, block, hist),
+            DICE_PROBABILITY => read_block::<T, DICE_PROBABILITY>(simd, maps, block, hist),
+            _ => read_block::<T, DICE_LOGITS>(simd, maps, block, hist),
         },
     )?;
     let mut sum = Partial::default();
@@ -978,10 +998,10 @@ fn compute<T: Real>(
         threads,
         || (),
         |_, block| match mode {
-            BCE_PROBABILITY => write_block::<T, BCE_PROBABILITY>(avx2, maps, block, &scales),
-            BCE_LOGITS => write_block::<T, BCE_LOGITS>(avx2, maps, block, &scales),
-            DICE_PROBABILITY => write_block::<T, DICE_PROBABILITY>(avx2, maps, block, &scales),
-            _ => write_block::<T, DICE_LOGITS>(avx2, maps, block, &scales),
+            BCE_PROBABILITY => write_block::<T, BCE_PROBABILITY>(simd, maps, block, &scales),
+            BCE_LOGITS => write_block::<T, BCE_LOGITS>(simd, maps, block, &scales),
+            DICE_PROBABILITY => write_block::<T, DICE_PROBABILITY>(simd, maps, block, &scales),
+            _ => write_block::<T, DICE_LOGITS>(simd, maps, block, &scales),
         },
     )?;
     let written = written.into_iter().collect::<Result<Vec<_>>>()?;
@@ -1134,7 +1154,7 @@ fn forward_in<T: Real, B: Backend>(
                 gt_thr_mask: &gtm,
                 hw,
             };
-            let v = compute(settings, &maps, (n, h, w), grad)?;
+            let v = compute(Simd::detect(), settings, &maps, (n, h, w), grad)?;
             values = Some(v);
             Ok(v.loss)
         };
@@ -1152,6 +1172,7 @@ fn forward_in<T: Real, B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use loss_core::sample::uniforms;
 
     #[test]
     fn keys_follow_total_order() {
@@ -1192,5 +1213,66 @@ mod tests {
         assert_eq!(settings(2).threads(100 * MIN_PIXELS_PER_THREAD, 400), 2);
         assert_eq!(settings(8).threads(100 * MIN_PIXELS_PER_THREAD, 3), 3);
         assert!(settings(0).threads(1 << 30, 1 << 20) >= 1);
+    }
+
+    /// Value and gradient bits under every instruction set of this CPU, for `T`, every mode.
+    fn sets_give_the_same_bits<T: Real>() {
+        let (n, h, w) = (2, 37, 53);
+        let p = n * h * w;
+        let map = |seed, f: &dyn Fn(f64) -> f64| -> Vec<T> {
+            uniforms(seed, p).into_iter().map(|u| T::c(f(u))).collect()
+        };
+        let (gs, gsm) = (map(2, &|u| f64::from(u8::from(u < 0.15))), map(3, &|u| u.round()));
+        let (gt, gtm) = (map(4, &|u| u), map(5, &|u| f64::from(u8::from(u < 0.4))));
+        for (prob_loss, prob_input) in [
+            (ProbLoss::BalancedBce, ProbInput::Probability),
+            (ProbLoss::BalancedBce, ProbInput::Logits),
+            (ProbLoss::Dice, ProbInput::Probability),
+            (ProbLoss::Dice, ProbInput::Logits),
+        ] {
+            let preds: Vec<T> = match prob_input {
+                ProbInput::Probability => {
+                    uniforms(1, 3 * p).into_iter().map(|u| T::c(0.001 + 0.998 * u)).collect()
+                }
+                ProbInput::Logits => {
+                    uniforms(1, 3 * p).into_iter().map(|u| T::c(30.0 * u - 15.0)).collect()
+                }
+            };
+            let maps = Maps {
+                preds: &preds,
+                gt_shrink: &gs,
+                gt_shrink_mask: &gsm,
+                gt_thr: &gt,
+                gt_thr_mask: &gtm,
+                hw: h * w,
+            };
+            let settings = Settings {
+                prob_loss,
+                prob_input,
+                alpha: 5.0,
+                beta: 10.0,
+                eps: 1e-6,
+                bce: crate::BalancedBceConfig::new().init().expect("the defaults are valid"),
+                threads: 1,
+            };
+            let mut runs = Simd::available().into_iter().map(|simd| {
+                let mut grad = vec![T::c(f64::NAN); 3 * p];
+                let v = compute(simd, &settings, &maps, (n, h, w), &mut grad).unwrap();
+                (simd, v, grad.iter().map(|g| g.to_f64().to_bits()).collect::<Vec<_>>())
+            });
+            let (_, want, want_grad) = runs.next().expect("the baseline always runs");
+            for (simd, v, grad) in runs {
+                let what = format!("{prob_loss:?} {prob_input:?} {simd:?}");
+                assert_eq!(v.loss.to_bits(), want.loss.to_bits(), "{what}: loss");
+                assert_eq!(v.loss_prob.to_bits(), want.loss_prob.to_bits(), "{what}");
+                assert!(grad == want_grad, "{what}: gradient bits");
+            }
+        }
+    }
+
+    #[test]
+    fn instruction_sets_give_the_same_bits() {
+        sets_give_the_same_bits::<f32>();
+        sets_give_the_same_bits::<f64>();
     }
 }

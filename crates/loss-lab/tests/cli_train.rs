@@ -20,15 +20,15 @@ fn corpus(dir: &Path) {
     let doc = |i: usize| {
         let mut labels = vec![];
         let mut words = vec![format!("filler{}", i % 7), "common".to_string()];
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             labels.push("a");
             words.push("apple orchard".into());
         }
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             labels.push("b");
             words.push("banana boat".into());
         }
-        if i % 11 == 0 {
+        if i.is_multiple_of(11) {
             labels.push("c");
             words.push("cherry cake".into());
         }

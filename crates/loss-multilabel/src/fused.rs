@@ -34,7 +34,7 @@ use loss_core::{Backend, HostData, HostDataMut, LossError, MultiLabelParams, Red
 use rayon::prelude::*;
 
 use crate::resample::{MultiLabelInput, ResampleLoss};
-use loss_core::fastmath::{self, Lane, MulAdd, Separate};
+use loss_core::fastmath::{self, Lane, MulAdd, Separate, Simd};
 
 /// Rows per block are chosen so that a block holds about this many elements: large enough to
 /// amortise a task, small enough that moderate batches still spread over the threads. Fixed,
@@ -95,6 +95,7 @@ pub(crate) fn forward<B: Backend>(
     };
 
     let mut plan = Plan::new(params, loss.ntr_bias(), classes, params.loss_weight / denominator);
+    let simd = Simd::detect();
     let mut flagged = false;
     let mut kernel = |values: HostData<'_>, grad: HostDataMut<'_>| -> Result<f64> {
         let sum = match (values, grad, y_host, weight_host) {
@@ -105,7 +106,7 @@ pub(crate) fn forward<B: Backend>(
                     Some(HostData::F64(_)) => return Err(mixed_types()),
                 };
                 plan.prepare(y);
-                run(&plan, z, y, w, g)
+                run(simd, &plan, z, y, w, g)
             }
             (HostData::F64(z), HostDataMut::F64(g), HostData::F64(y), w) => {
                 let w = match w {
@@ -114,7 +115,7 @@ pub(crate) fn forward<B: Backend>(
                     Some(HostData::F32(_)) => return Err(mixed_types()),
                 };
                 plan.prepare(y);
-                run(&plan, z, y, w, g)
+                run(simd, &plan, z, y, w, g)
             }
             _ => return Err(mixed_types()),
         };
@@ -597,31 +598,43 @@ struct Row<'a, L> {
     grad: &'a mut [L],
 }
 
-/// Runs `body(start, buffer)` over tiles of the row and adds the losses it leaves in the
-/// buffer into f64 lane accumulators; returns the row's sum.
-#[inline(always)]
-fn tiled<L: Lane>(len: usize, mut body: impl FnMut(usize, &mut [L])) -> f64 {
-    let mut lanes = [0.0; LANES];
-    let mut buffer = [L::c(0.0); TILE];
-    let mut start = 0;
-    while start < len {
-        let n = TILE.min(len - start);
-        let tile = &mut buffer[..n];
-        body(start, tile);
-        if n == TILE {
-            for chunk in buffer.chunks_exact(LANES) {
-                for l in 0..LANES {
-                    lanes[l] += chunk[l].to_f64();
+/// Runs `$body` over tiles of the row, with `$start` the tile's first index and `$out` its loss
+/// buffer, and adds the losses the body leaves in the buffer into f64 lane accumulators;
+/// evaluates to the row's sum.
+///
+/// A macro, not a function taking a closure: such a closure is one function shared by every
+/// instruction-set build of the kernel, and where LLVM declines to inline it (as it did once
+/// the AVX-512 build became its second caller) its body is compiled without the caller's
+/// target features, so each fused multiply-add becomes a call to a software `fmaf`, about 20×
+/// slower. Expanded in place, the body is always compiled for the set of the build it is in.
+macro_rules! tiled {
+    ($L:ty, $len:expr, |$start:ident, $out:ident| $body:block) => {{
+        let len: usize = $len;
+        let mut lanes = [0.0; LANES];
+        let mut buffer = [<$L as Lane>::c(0.0); TILE];
+        let mut tile_start = 0;
+        while tile_start < len {
+            let n = TILE.min(len - tile_start);
+            {
+                let $start = tile_start;
+                let $out = &mut buffer[..n];
+                $body
+            }
+            if n == TILE {
+                for chunk in buffer.chunks_exact(LANES) {
+                    for l in 0..LANES {
+                        lanes[l] += chunk[l].to_f64();
+                    }
+                }
+            } else {
+                for (j, v) in buffer[..n].iter().enumerate() {
+                    lanes[j % LANES] += v.to_f64();
                 }
             }
-        } else {
-            for (j, v) in tile.iter().enumerate() {
-                lanes[j % LANES] += v.to_f64();
-            }
+            tile_start += n;
         }
-        start += n;
-    }
-    combine(&lanes)
+        combine(&lanes)
+    }};
 }
 
 /// A row with binary targets: returns `Σ F`, writes `scale · ∂F/∂z`.
@@ -648,7 +661,7 @@ fn binary_row<L: Lane, M: MulAdd, F: Modulate<L>, const REBALANCE: bool, const W
     let (mut ok_y, mut ok_z, mut ok_w) = (true, true, true);
     let Row { z, y, weight, grad } = row;
 
-    let sum = tiled::<L>(z.len(), |start, out| {
+    let sum = tiled!(L, z.len(), |start, out| {
         let n = out.len();
         let z = &z[start..start + n];
         let y = &y[start..start + n];
@@ -706,7 +719,7 @@ fn soft_row<L: Lane, M: MulAdd, const WEIGHTED: bool>(
     let (mut ok_y, mut ok_z, mut ok_w) = (true, true, true);
     let Row { z, y, weight, grad } = row;
 
-    let sum = tiled::<L>(z.len(), |start, out| {
+    let sum = tiled!(L, z.len(), |start, out| {
         let n = out.len();
         let z = &z[start..start + n];
         let y = &y[start..start + n];
@@ -836,34 +849,22 @@ fn block_impl<L: Lane, M: MulAdd>(
     BlockSum { sum, flagged: false }
 }
 
-/// The instruction set the element loops are compiled for, picked once per call.
-#[derive(Debug, Clone, Copy)]
-enum Isa {
-    /// The target's baseline (SSE2 on x86-64), two roundings per multiply-add.
-    Baseline,
-    /// AVX2 with fused multiply-add.
-    #[cfg(target_arch = "x86_64")]
-    Avx2Fma,
-}
-
-impl Isa {
-    fn detect() -> Self {
+/// One block through the element loops compiled for `simd` (the same code, inlined into a
+/// `#[target_feature]` function per set; see [`fastmath::Simd`]).
+fn block<L: Lane>(
+    simd: Simd,
+    plan: &Plan,
+    arrays: &ClassArrays<L>,
+    block: Block<'_, L>,
+) -> BlockSum {
+    match simd {
+        // SAFETY (both arms): `simd` comes from `Simd::available`/`Simd::detect`, which found
+        // the set's features on this CPU, the only requirement of the target-feature function.
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return Isa::Avx2Fma;
-        }
-        Isa::Baseline
-    }
-
-    fn block<L: Lane>(self, plan: &Plan, arrays: &ClassArrays<L>, block: Block<'_, L>) -> BlockSum {
-        match self {
-            Isa::Baseline => block_impl::<L, Separate>(plan, arrays, block),
-            // SAFETY: `detect` found AVX2 and FMA on this CPU, the only requirement of the
-            // target-feature function.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => unsafe { block_avx2_fma(plan, arrays, block) },
-        }
+        Simd::Avx512 => unsafe { block_avx512(plan, arrays, block) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { block_avx2_fma(plan, arrays, block) },
+        _ => block_impl::<L, Separate>(plan, arrays, block),
     }
 }
 
@@ -881,9 +882,25 @@ unsafe fn block_avx2_fma<L: Lane>(
     block_impl::<L, fastmath::Fused>(plan, arrays, block)
 }
 
+/// [`block_impl`] compiled for AVX-512 (16 f32 lanes, 32 registers: fewer constant reloads in
+/// the longer element formulas), with FMA as under AVX2, so both give the same bits.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, VL, DQ and BW, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+unsafe fn block_avx512<L: Lane>(
+    plan: &Plan,
+    arrays: &ClassArrays<L>,
+    block: Block<'_, L>,
+) -> BlockSum {
+    block_impl::<L, fastmath::Fused>(plan, arrays, block)
+}
+
 /// The kernel over all rows: `Σ F` (before `scale`), the gradient written to `grad`; `None` when
 /// an input failed a check.
 fn run<L: Lane>(
+    simd: Simd,
     plan: &Plan,
     z: &[L],
     y: &[L],
@@ -892,7 +909,6 @@ fn run<L: Lane>(
 ) -> Option<f64> {
     let c = plan.classes;
     let block_len = (BLOCK_ELEMENTS / c).max(1) * c;
-    let isa = Isa::detect();
     let arrays = ClassArrays::<L>::new(plan);
 
     let one = |index: usize, grad: &mut [L]| {
@@ -903,7 +919,7 @@ fn run<L: Lane>(
             weight: weight.map(|w| &w[range]),
             grad,
         };
-        isa.block(plan, &arrays, block)
+        self::block(simd, plan, &arrays, block)
     };
     let sums: Vec<BlockSum> =
         if grad.len() < PARALLEL_MIN_ELEMENTS || rayon::current_num_threads() == 1 {
@@ -916,4 +932,82 @@ fn run<L: Lane>(
     }
     // In block order, whatever the thread that computed each.
     Some(sums.iter().fold(0.0, |acc, s| acc + s.sum))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loss_core::config::MultiLabelPreset;
+    use loss_core::sample::uniforms;
+    use loss_core::MultiLabelConfig;
+
+    /// The kernel's sum and gradient under every instruction set of this CPU, for `L`.
+    fn every_set<L: Lane>(
+        preset: MultiLabelPreset,
+        rows: usize,
+        classes: usize,
+    ) -> Vec<(Simd, f64, Vec<f64>)> {
+        let config = MultiLabelConfig {
+            preset: Some(preset),
+            class_freq: Some((0..classes).map(|k| (500 / (k + 1)).max(1) as f64).collect()),
+            train_num: Some(1000.0),
+            ..MultiLabelConfig::default()
+        };
+        let loss = ResampleLoss::new(config.resolve().unwrap()).unwrap();
+        let n = rows * classes;
+        let z: Vec<L> = uniforms(1, n).iter().map(|u| L::c(16.0 * u - 8.0)).collect();
+        let y: Vec<L> =
+            uniforms(2, n).iter().map(|&u| L::c(if u < 0.2 { 1.0 } else { 0.0 })).collect();
+        let mut plan = Plan::new(loss.params(), loss.ntr_bias(), classes, 1.0);
+        plan.prepare(&y);
+        Simd::available()
+            .into_iter()
+            .map(|simd| {
+                let mut grad = vec![L::c(f64::NAN); n];
+                let sum = run(simd, &plan, &z, &y, None, &mut grad).expect("finite inputs");
+                (simd, sum, grad.iter().map(|g| g.to_f64()).collect())
+            })
+            .collect()
+    }
+
+    /// AVX2 and AVX-512 give the same bits (both use FMA); the baseline (two roundings per
+    /// multiply-add) agrees to the precision of the type. Sets this CPU lacks are skipped.
+    fn sets_agree<L: Lane>(rel: f64) {
+        let presets = [MultiLabelPreset::Bce, MultiLabelPreset::Focal, MultiLabelPreset::Db];
+        for preset in presets {
+            // Ragged: rows not a multiple of any vector width, blocks of several rows.
+            for (rows, classes) in [(3, 7), (37, 90), (5, 1021)] {
+                let results = every_set::<L>(preset, rows, classes);
+                let (_, base_sum, base_grad) = &results[0];
+                for (simd, sum, grad) in &results[1..] {
+                    let what = format!("{preset:?} {rows}x{classes} {simd:?}");
+                    assert!((sum - base_sum).abs() <= rel * base_sum.abs(), "{what}: sum");
+                    let scale = base_grad.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+                    for (i, (g, b)) in grad.iter().zip(base_grad).enumerate() {
+                        assert!((g - b).abs() <= rel * scale, "{what}: grad[{i}] {g} vs {b}");
+                    }
+                }
+                let fused: Vec<_> = results.iter().filter(|r| r.0 != Simd::Baseline).collect();
+                for pair in fused.windows(2) {
+                    let what =
+                        format!("{preset:?} {rows}x{classes} {:?}/{:?}", pair[0].0, pair[1].0);
+                    assert_eq!(pair[0].1.to_bits(), pair[1].1.to_bits(), "{what}: sum");
+                    assert!(
+                        pair[0].2.iter().zip(&pair[1].2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{what}: gradient bits"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn instruction_sets_agree_in_f64() {
+        sets_agree::<f64>(1e-13);
+    }
+
+    #[test]
+    fn instruction_sets_agree_in_f32() {
+        sets_agree::<f32>(1e-5);
+    }
 }

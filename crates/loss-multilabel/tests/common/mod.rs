@@ -13,18 +13,9 @@ use loss_core::config::LossFile;
 use loss_core::{LossConfig, MultiLabelConfig};
 use serde_json::Value;
 
-/// splitmix64 uniforms in [0, 1): reproducible inputs without a random-number crate.
-pub fn uniforms(seed: u64, n: usize) -> Vec<f64> {
-    (1..=n as u64)
-        .map(|i| {
-            let mut x = (seed << 32).wrapping_add(i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            x ^= x >> 31;
-            (x >> 11) as f64 / (1u64 << 53) as f64
-        })
-        .collect()
-}
+// Not every test binary that includes this module draws inputs.
+#[allow(unused_imports)]
+pub use loss_core::sample::uniforms;
 
 /// The fixture file, compiled in so the tests need no working directory.
 const FIXTURES: &str = include_str!("../fixtures/multilabel.json");
