@@ -148,6 +148,12 @@ pub trait Backend: Debug + Sized {
     fn to_dtype(&self, dtype: DType) -> Result<Self>;
     /// The same values, cut from the autograd graph.
     fn detach(&self) -> Self;
+    /// Whether autograd tracks a gradient for this tensor (always `false` for backends without
+    /// autograd). The fused kernels give a gradient to one input only, so they step aside when
+    /// another input of the call needs one.
+    fn requires_grad(&self) -> bool {
+        false
+    }
 
     // ----- elementwise, broadcasting
     fn add(&self, other: &Self) -> Result<Self>;

@@ -63,8 +63,8 @@ impl<B> Copy for DbInput<'_, B> {}
 /// selection, threads for large inputs, results independent of the thread count (see
 /// `docs/dbnet.md`). Its gradient flows through [`LossOutput::loss`], the total; the three
 /// `terms` are then **detached** values (0-d constants), so backward from a single term needs
-/// the generic formulas, [`DbLoss::with_fused`]`(false)`. Elsewhere (CUDA, strided predictions)
-/// the generic formulas run, with every term attached to the graph. Both paths give the same
+/// the generic formulas, [`DbLoss::with_fused`]`(false)`. Elsewhere (CUDA, strided predictions,
+/// target maps that require a gradient of their own) the generic formulas run, with every term attached to the graph. Both paths give the same
 /// values and the same gradient of the total; where the mining cuts through equal losses, the
 /// fused path gives the gradient to the first tied negatives in row-major order of `[N, H, W]`.
 ///

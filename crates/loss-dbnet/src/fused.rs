@@ -1116,6 +1116,10 @@ pub(crate) fn forward<B: Backend>(
     preds: &B,
     targets: [&B; 4],
 ) -> Result<Option<LossOutput<B>>> {
+    // The kernel's gradient is for `preds` alone: targets that need one take the generic path.
+    if targets.iter().any(|t| t.requires_grad()) {
+        return Ok(None);
+    }
     match preds.host_data() {
         None => Ok(None),
         Some(HostData::F32(_)) => forward_in::<f32, B>(settings, preds, targets),

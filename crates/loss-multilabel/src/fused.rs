@@ -75,6 +75,11 @@ pub(crate) fn forward<B: Backend>(
     if count == 0 || z.host_data().is_none() {
         return Ok(None);
     }
+    // The kernel's gradient is for the logits alone: targets or weights that need one take the
+    // generic path.
+    if input.targets.requires_grad() || input.weight.is_some_and(|w| w.requires_grad()) {
+        return Ok(None);
+    }
 
     // Converted copies hold converted values, so the checks run on the caller's tensors first:
     // the error then names the original value, as on the generic path.

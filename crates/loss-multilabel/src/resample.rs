@@ -178,8 +178,9 @@ impl ResampleLoss {
     /// With `sum` or `mean` reduction, on a backend that lends host memory for the logits
     /// ([`Backend::fused_scalar`]: contiguous f32 or f64 on the CPU), the loss and its gradient
     /// are computed together in one multi-threaded pass over the data, and backward hands the
-    /// saved gradient on. Otherwise, or with `false`, the generic formulas run, operation by
-    /// operation. Both give the same value and gradient to within rounding (relative 1e-9 in
+    /// saved gradient on. Otherwise (also when the targets or weights require a gradient: the
+    /// kernel gives one to the logits alone), or with `false`, the generic formulas run,
+    /// operation by operation. Both give the same value and gradient to within rounding (relative 1e-9 in
     /// f64); the fused path evaluates softplus exactly where libtorch's returns `x` above 20,
     /// a difference of at most 2.1e-9. Turning it off is for comparisons and benchmarks.
     pub fn with_fused(mut self, fused: bool) -> Self {

@@ -149,6 +149,10 @@ impl Backend for TchTensor {
         Self(self.0.detach())
     }
 
+    fn requires_grad(&self) -> bool {
+        self.0.requires_grad()
+    }
+
     fn add(&self, other: &Self) -> Result<Self> {
         w(self.0.f_add(&other.0))
     }

@@ -170,3 +170,70 @@ fn dbnet_gradients_reach_preds_scaled_through_the_node() {
     }
     assert_close("dbnet grad of 0.5 * loss", &grads[0], &grads[1]);
 }
+
+#[test]
+fn weights_and_targets_that_require_grad_get_theirs_through_the_generic_path() {
+    // Soft targets and weights with gradients (distillation-style): the kernel's gradient is
+    // for the logits alone, so the fused loss steps aside and every input gets its gradient.
+    let soft = Tensor::from_slice(&uniforms(3, N * C)).reshape([N as i64, C as i64]);
+    let weight = Tensor::from_slice(&uniforms(4, N * C)).reshape([N as i64, C as i64]);
+    let bce = |fused: bool| {
+        let config =
+            MultiLabelConfig { preset: Some(MultiLabelPreset::Bce), ..MultiLabelConfig::default() };
+        ResampleLoss::new(config.resolve().unwrap()).unwrap().with_fused(fused)
+    };
+    let mut grads = Vec::new();
+    for fused in [true, false] {
+        let z = logits().set_requires_grad(true);
+        let y = soft.copy().set_requires_grad(true);
+        let w = weight.copy().set_requires_grad(true);
+        let (zt, yt, wt) = (
+            TchTensor::from(z.shallow_clone()),
+            TchTensor::from(y.shallow_clone()),
+            TchTensor::from(w.shallow_clone()),
+        );
+        let input =
+            MultiLabelInput { logits: &zt, targets: &yt, weight: Some(&wt), avg_factor: None };
+        bce(fused).forward(input).unwrap().loss.backward();
+        grads.push([values(&z.grad()), values(&y.grad()), values(&w.grad())]);
+    }
+    for (k, what) in ["logits", "targets", "weight"].iter().enumerate() {
+        assert!(grads[0][k].iter().any(|g| *g != 0.0), "{what}: a gradient");
+        assert_close(what, &grads[0][k], &grads[1][k]);
+    }
+}
+
+#[test]
+fn dbnet_target_maps_that_require_grad_get_theirs() {
+    let (n, h, w) = (1i64, 9i64, 8i64);
+    let p = (n * h * w) as usize;
+    let preds_values: Vec<f64> = uniforms(20, 3 * p).iter().map(|v| 0.05 + 0.9 * v).collect();
+    let map = |seed| Tensor::from_slice(&uniforms(seed, p)).reshape([n, h, w]);
+    let mut grads = Vec::new();
+    for fused in [true, false] {
+        let preds = Tensor::from_slice(&preds_values).reshape([n, 3, h, w]).set_requires_grad(true);
+        let gt_thr = map(23).set_requires_grad(true);
+        let maps = [
+            map(21).lt(0.3).to_kind(Kind::Double),
+            map(22).ge(0.0).to_kind(Kind::Double),
+            gt_thr.shallow_clone(),
+            map(24).lt(0.5).to_kind(Kind::Double),
+        ]
+        .map(TchTensor::from);
+        let p = TchTensor::from(preds.shallow_clone());
+        let input = DbInput {
+            preds: &p,
+            gt_shrink: &maps[0],
+            gt_shrink_mask: &maps[1],
+            gt_thr: &maps[2],
+            gt_thr_mask: &maps[3],
+        };
+        let out =
+            DbLoss::new(Default::default()).unwrap().with_fused(fused).forward(input).unwrap();
+        out.loss.backward();
+        grads.push([values(&preds.grad()), values(&gt_thr.grad())]);
+    }
+    assert!(grads[0][1].iter().any(|g| *g != 0.0), "gt_thr: a gradient");
+    assert_close("preds", &grads[0][0], &grads[1][0]);
+    assert_close("gt_thr", &grads[0][1], &grads[1][1]);
+}
