@@ -151,7 +151,9 @@ impl DbLoss {
     }
 
     /// Whether to use the fused kernel when the backend supports it (the default), or always
-    /// the generic formulas, which keep every term attached to the autograd graph.
+    /// the generic formulas, which keep every term attached to the autograd graph and can be
+    /// differentiated twice (the fused gradient has no second derivative with respect to
+    /// `preds`; on libtorch, asking for one is an error).
     pub fn with_fused(mut self, fused: bool) -> Self {
         self.fused = fused;
         self

@@ -182,7 +182,9 @@ impl ResampleLoss {
     /// kernel gives one to the logits alone), or with `false`, the generic formulas run,
     /// operation by operation. Both give the same value and gradient to within rounding (relative 1e-9 in
     /// f64); the fused path evaluates softplus exactly where libtorch's returns `x` above 20,
-    /// a difference of at most 2.1e-9. Turning it off is for comparisons and benchmarks.
+    /// a difference of at most 2.1e-9. Turn it off for comparisons and benchmarks, and to
+    /// differentiate the gradient itself (the fused gradient has no second derivative with
+    /// respect to the logits; on libtorch, asking for one is an error).
     pub fn with_fused(mut self, fused: bool) -> Self {
         self.fused = fused;
         self

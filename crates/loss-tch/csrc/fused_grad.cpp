@@ -5,11 +5,18 @@
 // hands the stored gradient on, scaled by the incoming gradient only when that is not exactly 1.
 // No work happens in the forward pass beyond recording the edge, and when the graph is not
 // retained the stored gradient is released before the next node runs, so a leaf's
-// AccumulateGrad can adopt the buffer as `.grad` without copying it.
+// AccumulateGrad can adopt the buffer as `.grad` without copying it. With a retained graph the
+// caller gets a copy, so that no two backward calls share one buffer.
+//
+// The stored gradient is a constant to autograd: the node has no second derivative with respect
+// to its input. Under `create_graph` its result stays differentiable with respect to the
+// incoming gradient (exactly), and differentiating it with respect to the input raises an error
+// instead of silently leaving the loss's curvature out.
 
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/grad_mode.h>
+#include <torch/csrc/autograd/graph_task.h>
 
 #include <cstdio>
 #include <cstring>
@@ -21,6 +28,22 @@ namespace {
 
 using torch::autograd::Node;
 using torch::autograd::variable_list;
+
+const char* const kNoSecondDerivative =
+    "FusedLossBackward: a fused loss has no second derivative with respect to its input (its "
+    "gradient was computed in closed form in the forward pass); build the loss with "
+    "with_fused(false) to differentiate its gradient (gradient penalties, Hessian-vector "
+    "products)";
+
+// Where a gradient computed under `create_graph` leads back to the fused loss's input: running
+// it means a second derivative was asked for, which the fused node cannot give.
+struct FusedLossNoSecondDerivative final : public Node {
+  variable_list apply(variable_list&& /*grads*/) override {
+    throw std::runtime_error(kNoSecondDerivative);
+  }
+
+  std::string name() const override { return "FusedLossNoSecondDerivative"; }
+};
 
 struct FusedLossBackward final : public Node {
   at::Tensor saved_grad;
@@ -35,10 +58,26 @@ struct FusedLossBackward final : public Node {
           "released after the first backward (pass retain_graph=true to keep it)");
     }
     const at::Tensor& incoming = grads[0];
+    if (torch::autograd::GradMode::is_enabled()) {
+      // `create_graph`: the product is differentiable in `incoming`; a zero with a node that
+      // raises on the way back to the input stands for the missing second derivative. Only
+      // derivatives that reach the input run that node.
+      at::Tensor scaled = saved_grad.mul(incoming);
+      std::shared_ptr<FusedLossNoSecondDerivative> guard(new FusedLossNoSecondDerivative(),
+                                                         torch::autograd::deleteNode);
+      guard->set_next_edges(torch::autograd::edge_list(next_edges()));
+      at::Tensor zero = at::zeros({}, saved_grad.options());
+      torch::autograd::set_history(zero, guard);
+      return {scaled.add(zero)};
+    }
     // The common case, `loss.backward()`: an incoming gradient of exactly 1 on the CPU, where
-    // reading it costs nothing. Handing the buffer on unscaled avoids a full-size multiply.
-    if (incoming.device().is_cpu() && incoming.numel() == 1 &&
-        !torch::autograd::GradMode::is_enabled() && incoming.item<double>() == 1.0) {
+    // reading it costs nothing. Handing the buffer on unscaled avoids a full-size multiply; the
+    // graph then releases it, so the next node owns it alone. A retained graph keeps it for the
+    // next backward, so this one gets a copy.
+    if (incoming.device().is_cpu() && incoming.numel() == 1 && incoming.item<double>() == 1.0) {
+      if (torch::autograd::get_current_graph_task_keep_graph()) {
+        return {saved_grad.clone()};
+      }
       return {saved_grad};
     }
     return {saved_grad.mul(incoming)};

@@ -10,8 +10,12 @@
 //! `FusedLossBackward` (`csrc/fused_grad.cpp`, compiled by the build script against the same
 //! libtorch): no work in forward, and backward hands the stored gradient on, scaled only when
 //! the incoming gradient is not exactly 1, so `loss.backward()` on a leaf makes the kernel's
-//! buffer the leaf's `.grad` without a copy. A second backward without a retained graph is an
-//! error, as for libtorch's own nodes.
+//! buffer the leaf's `.grad` without a copy (with a retained graph, each backward gets its own
+//! copy). A second backward without a retained graph is an error, as for libtorch's own nodes.
+//! The node has no second derivative with respect to its input: under `create_graph` the
+//! gradient stays differentiable with respect to everything else, and differentiating it with
+//! respect to the input is an error naming `with_fused(false)`, which gives the generic
+//! formulas and their full second derivatives.
 //!
 //! ```
 //! use loss_tch::{Backend, TchTensor};

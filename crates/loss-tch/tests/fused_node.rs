@@ -94,14 +94,19 @@ fn the_gradient_flows_through_a_non_leaf_input_and_adds_to_other_terms() {
 }
 
 #[test]
-fn a_retained_graph_gives_the_same_gradient_twice() {
+fn a_retained_graph_gives_the_same_gradient_twice_in_separate_buffers() {
     let leaf = logits().set_requires_grad(true);
     let loss = loss_of(&db_loss(true), &leaf);
-    let first = Tensor::f_run_backward(&[&loss], &[&leaf], true, false).unwrap();
-    let second = Tensor::f_run_backward(&[&loss], &[&leaf], true, false).unwrap();
+    let mut first = Tensor::f_run_backward(&[&loss], &[&leaf], true, false).unwrap().remove(0);
     let (_, generic) = both(|loss, _| loss);
-    assert_close("first", &values(&first[0]), &generic);
+    assert_close("first", &values(&first), &generic);
+    // Changing the first result in place must not reach the second (the node keeps its buffer
+    // for the retained graph and hands out copies).
+    let _ = first.f_mul_scalar_(0.0).unwrap();
+    let second = Tensor::f_run_backward(&[&loss], &[&leaf], true, false).unwrap();
     assert_close("second", &values(&second[0]), &generic);
+    let third = Tensor::f_run_backward(&[&loss], &[&leaf], false, false).unwrap();
+    assert_close("third, graph released", &values(&third[0]), &generic);
 }
 
 #[test]
@@ -136,12 +141,73 @@ fn create_graph_keeps_the_incoming_gradient_differentiable() {
     let s = Tensor::from(1.75f64).set_requires_grad(true);
     let loss = loss_of(&db_loss(true), &leaf).f_mul(&s).unwrap();
     let g = Tensor::f_run_backward(&[&loss], &[&leaf], true, true).unwrap();
+    assert!(g[0].requires_grad());
     let ds = Tensor::f_run_backward(&[&g[0].sum(Kind::Double)], &[&s], false, false).unwrap();
     let (_, generic) = both(|loss, _| loss);
     let want: f64 = generic.iter().sum();
     assert_close("d/ds", &values(&ds[0]), &[want]);
     let scaled: Vec<f64> = generic.iter().map(|g| 1.75 * g).collect();
     assert_close("grad", &values(&g[0]), &scaled);
+}
+
+#[test]
+fn a_second_derivative_with_respect_to_the_input_is_an_error_not_a_wrong_value() {
+    // loss + 0 · Σ z²: the gradient is differentiable through the second term on both paths;
+    // only the generic path can differentiate the loss's own gradient.
+    let second = |fused: bool| {
+        let leaf = logits().set_requires_grad(true);
+        let total = loss_of(&db_loss(fused), &leaf)
+            .f_add(&leaf.square().sum(Kind::Double).f_mul_scalar(0.0).unwrap())
+            .unwrap();
+        let g = Tensor::f_run_backward(&[&total], &[&leaf], true, true).unwrap();
+        Tensor::f_run_backward(&[&g[0].sum(Kind::Double)], &[&leaf], false, false)
+    };
+    let generic = second(false).expect("the generic path has a second derivative");
+    assert!(values(&generic[0]).iter().any(|v| *v != 0.0));
+    let err = second(true).expect_err("the fused path has none");
+    assert!(err.to_string().contains("no second derivative"), "{err}");
+    assert!(err.to_string().contains("with_fused(false)"), "{err}");
+
+    // A gradient penalty through backward() fails the same way.
+    let leaf = logits().set_requires_grad(true);
+    let loss = loss_of(&db_loss(true), &leaf);
+    let g = Tensor::f_run_backward(&[&loss], &[&leaf], true, true).unwrap();
+    let err = g[0].square().sum(Kind::Double).f_backward().expect_err("penalty");
+    assert!(err.to_string().contains("no second derivative"), "{err}");
+}
+
+#[test]
+fn an_f64_weight_past_f32_range_gives_what_the_generic_path_gives() {
+    // Finite in f64, infinite once converted to the logits' f32: not an input error, so the
+    // generic path decides (an infinite loss), and the fused path must not report one.
+    let z = logits().to_kind(Kind::Float);
+    let mut weight = vec![1.0; N * C];
+    weight[5] = 1e300;
+    let w = TchTensor::from(Tensor::from_slice(&weight).reshape([N as i64, C as i64]));
+    let run = |fused: bool| {
+        let zt = TchTensor::from(z.shallow_clone());
+        let y = targets();
+        let input =
+            MultiLabelInput { logits: &zt, targets: &y, weight: Some(&w), avg_factor: None };
+        db_loss(fused).forward(input).map(|out| out.loss.double_value(&[]))
+    };
+    let generic = run(false).expect("the generic path accepts finite weights");
+    let fused = run(true).expect("so does the fused path");
+    assert_eq!(fused.to_bits(), generic.to_bits(), "{fused} vs {generic}");
+}
+
+/// The DBNet loss (default settings) of `preds` against the four target maps.
+fn db_loss_of(preds: &Tensor, maps: &[TchTensor; 4], fused: bool) -> Tensor {
+    let p = TchTensor::from(preds.shallow_clone());
+    let input = DbInput {
+        preds: &p,
+        gt_shrink: &maps[0],
+        gt_shrink_mask: &maps[1],
+        gt_thr: &maps[2],
+        gt_thr_mask: &maps[3],
+    };
+    let loss = DbLoss::new(Default::default()).unwrap().with_fused(fused);
+    loss.forward(input).unwrap().loss.into_inner()
 }
 
 #[test]
@@ -155,17 +221,7 @@ fn dbnet_gradients_reach_preds_scaled_through_the_node() {
     for fused in [true, false] {
         let preds = Tensor::from_slice(&preds_values).reshape([n, 3, h, w]).set_requires_grad(true);
         let maps = [binary(11), binary(12), u(13), binary(14)].map(TchTensor::from);
-        let p = TchTensor::from(preds.shallow_clone());
-        let input = DbInput {
-            preds: &p,
-            gt_shrink: &maps[0],
-            gt_shrink_mask: &maps[1],
-            gt_thr: &maps[2],
-            gt_thr_mask: &maps[3],
-        };
-        let loss = DbLoss::new(Default::default()).unwrap().with_fused(fused);
-        let out = loss.forward(input).unwrap();
-        out.loss.f_mul_scalar(0.5).unwrap().backward();
+        db_loss_of(&preds, &maps, fused).f_mul_scalar(0.5).unwrap().backward();
         grads.push(values(&preds.grad()));
     }
     assert_close("dbnet grad of 0.5 * loss", &grads[0], &grads[1]);
@@ -204,6 +260,28 @@ fn weights_and_targets_that_require_grad_get_theirs_through_the_generic_path() {
 }
 
 #[test]
+fn dbnet_gradients_from_a_retained_graph_are_separate_buffers() {
+    let (n, h, w) = (1i64, 6i64, 7i64);
+    let p = (n * h * w) as usize;
+    let preds_values: Vec<f64> = uniforms(30, 3 * p).iter().map(|v| 0.05 + 0.9 * v).collect();
+    let map = |seed| Tensor::from_slice(&uniforms(seed, p)).reshape([n, h, w]);
+    let maps = [
+        map(31).lt(0.3).to_kind(Kind::Double),
+        map(32).ge(0.0).to_kind(Kind::Double),
+        map(33),
+        map(34).lt(0.5).to_kind(Kind::Double),
+    ]
+    .map(TchTensor::from);
+    let preds = Tensor::from_slice(&preds_values).reshape([n, 3, h, w]).set_requires_grad(true);
+    let loss = db_loss_of(&preds, &maps, true);
+    let mut first = Tensor::f_run_backward(&[&loss], &[&preds], true, false).unwrap().remove(0);
+    let want = values(&first);
+    let _ = first.f_mul_scalar_(0.0).unwrap();
+    let second = Tensor::f_run_backward(&[&loss], &[&preds], false, false).unwrap();
+    assert_eq!(values(&second[0]), want);
+}
+
+#[test]
 fn dbnet_target_maps_that_require_grad_get_theirs() {
     let (n, h, w) = (1i64, 9i64, 8i64);
     let p = (n * h * w) as usize;
@@ -220,17 +298,7 @@ fn dbnet_target_maps_that_require_grad_get_theirs() {
             map(24).lt(0.5).to_kind(Kind::Double),
         ]
         .map(TchTensor::from);
-        let p = TchTensor::from(preds.shallow_clone());
-        let input = DbInput {
-            preds: &p,
-            gt_shrink: &maps[0],
-            gt_shrink_mask: &maps[1],
-            gt_thr: &maps[2],
-            gt_thr_mask: &maps[3],
-        };
-        let out =
-            DbLoss::new(Default::default()).unwrap().with_fused(fused).forward(input).unwrap();
-        out.loss.backward();
+        db_loss_of(&preds, &maps, fused).backward();
         grads.push([values(&preds.grad()), values(&gt_thr.grad())]);
     }
     assert!(grads[0][1].iter().any(|g| *g != 0.0), "gt_thr: a gradient");
