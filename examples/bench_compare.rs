@@ -210,16 +210,12 @@ fn run_case(name: &str, threads: usize, stages: bool) -> AnyResult<()> {
         // node), and the backward call alone.
         let untracked = median_ms(repeats, || step(false).map(drop))?;
         let tracked = median_ms(repeats, || step(true).map(drop))?;
-        let mut pending = Vec::with_capacity(repeats);
-        for _ in 0..repeats {
-            pending.push(step(true)?);
-        }
         let mut backward_times = Vec::with_capacity(repeats);
-        for (loss, leaf) in pending {
+        for _ in 0..repeats {
+            let (loss, _leaf) = step(true)?;
             let start = Instant::now();
             loss.f_backward()?;
             backward_times.push(start.elapsed().as_secs_f64());
-            drop((loss, leaf));
         }
         backward_times.sort_by(f64::total_cmp);
         let backward = 1e3 * backward_times[backward_times.len() / 2];
